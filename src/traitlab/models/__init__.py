@@ -1,0 +1,1 @@
+"""Model loading, chat formatting, tokenisation and hooked generation."""

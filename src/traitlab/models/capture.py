@@ -1,0 +1,75 @@
+"""Pooled activations of (prompt, response) examples: one prefill pass, pooled inside the hooks.
+
+Never keeps all-token activations (the hook pools the position span as it goes), never computes logits
+(the forward stops after the deepest requested layer), and batches by length to cut padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from traitlab.core.hooks import MultiLayerCapture
+from traitlab.core.positions import Segments, parse_position, resolve_batch, resolve_span
+from traitlab.models.batching import run_halving
+from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, pad_left
+from traitlab.models.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class TextPair:
+    """A chat-formatted prompt and the response text that follows it (may be empty)."""
+
+    prompt_text: str
+    response: str = ""
+
+
+def encode_pairs(lm: LoadedModel, pairs: Sequence[TextPair], max_length: int | None = None) -> list[Encoded]:
+    return [encode(lm.tokenizer, p.prompt_text, p.response or None, max_length) for p in pairs]
+
+
+@torch.inference_mode()
+def capture_pooled(
+    lm: LoadedModel,
+    pairs: Sequence[TextPair],
+    *,
+    position: str,
+    layers: Sequence[int],
+    component: str = "residual",
+    batch_size: int = 16,
+    max_length: int | None = 512,
+    desc: str | None = "capture",
+) -> torch.Tensor:
+    """Return float32 [N, len(layers), D]: the component at each layer, mean-pooled over `position`."""
+    spec = parse_position(position)
+    enc = encode_pairs(lm, pairs, max_length)
+    segs = [Segments(prompt_len=e.prompt_len, seq_len=e.seq_len) for e in enc]
+    for s in segs:  # fail before any forward if a row has nothing at this position
+
+        resolve_span(spec, s)
+    layers = list(layers)
+    out: torch.Tensor | None = None
+    bar = tqdm(total=len(enc), desc=desc, disable=desc is None, leave=False)
+
+    def run(rows: list[int]) -> list[torch.Tensor]:
+        ids, mask = pad_left([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
+        spans = resolve_batch(spec, [segs[i] for i in rows], ids.shape[1]).to(lm.device)
+        cap = MultiLayerCapture(lm.model, layers, component=component, spans=spans, pool="mean", stop_after_last=True)
+        with cap:
+            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        acts = torch.stack([cap.get(layer) for layer in layers], dim=1).float().cpu()  # [b, L, D]
+        return list(acts)
+
+    for rows in length_sorted_batches([e.seq_len for e in enc], batch_size):
+        got = run_halving(run, rows)
+        if out is None:
+            out = torch.empty((len(enc), len(layers), got[0].shape[-1]), dtype=torch.float32)
+        for i, a in zip(rows, got, strict=True):
+            out[i] = a
+        bar.update(len(rows))
+    bar.close()
+    assert out is not None
+    return out

@@ -1,0 +1,139 @@
+"""MLflow is the vector registry: find vectors of past runs by trait/model/method/layer, pick the best.
+
+Best-vector order (as validated in the literature on steering): a coherent steering delta beats an
+out-of-distribution effect size, which beats the in-distribution held-out effect size.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from traitlab.paths import cache_dir
+from traitlab.tracking.artifacts import load_vector, vector_path
+from traitlab.tracking.store import RetryingClient, ensure_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VectorRef:
+    run_id: str
+    trait: str
+    model: str
+    method: str
+    component: str
+    position: str
+    layer: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    source: str = "val_effect_size"
+    score: float = float("nan")
+
+    @property
+    def artifact_path(self) -> str:
+        return vector_path(self.component, self.position, self.method, self.layer)
+
+
+def _q(v: str) -> str:
+    return v.replace("'", "\\'")
+
+
+def _layer_metrics(client: RetryingClient, run_id: str, names: list[str]) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for name in names:
+        for m in client.get_metric_history(run_id, name):
+            out.setdefault(int(m.step), {})[name] = float(m.value)
+    return out
+
+
+def find_vectors(
+    trait: str,
+    model: str,
+    *,
+    method: str | None = None,
+    component: str | None = None,
+    position: str | None = None,
+    layer: int | None = None,
+    experiment: str = "traitlab",
+    uri: str | None = None,
+) -> list[VectorRef]:
+    """All extracted vectors matching the filters (newest run first), with their per-layer metrics."""
+    client, exp_id = ensure_store(uri, experiment)
+    filt = [f"tags.`traitlab.stage` = 'extract'", f"tags.trait = '{_q(trait)}'", f"tags.model = '{_q(model)}'",
+            "attributes.status = 'FINISHED'"]
+    for key, val in (("method", method), ("component", component), ("position", position)):
+        if val is not None:
+            filt.append(f"tags.{key} = '{_q(val)}'")
+    runs = client.search_runs([exp_id], filter_string=" and ".join(filt), order_by=["attributes.start_time DESC"],
+                              max_results=500)
+    refs: list[VectorRef] = []
+    seen: set[tuple[str, str, str, int]] = set()
+    for r in runs:
+        tags = r.data.tags
+        per_layer = _layer_metrics(client, r.info.run_id, ["val_accuracy", "val_effect_size", "ood_effect_size"])
+        for lyr in sorted(int(x) for x in tags.get("layers", "").split(",") if x != ""):
+            if layer is not None and lyr != layer:
+                continue
+            key = (tags["method"], tags["component"], tags["position"], lyr)
+            if key in seen:  # a newer run of the same vector wins
+                continue
+            seen.add(key)
+            refs.append(VectorRef(r.info.run_id, trait, model, tags["method"], tags["component"], tags["position"],
+                                  lyr, per_layer.get(lyr, {})))
+    return refs
+
+
+def fetch_vector(ref: VectorRef, uri: str | None = None, experiment: str = "traitlab",
+                 expected_dim: int | None = None) -> torch.Tensor:
+    """Download (once; cached locally) and load the vector file of a VectorRef."""
+    client, _ = ensure_store(uri, experiment)
+    dst = cache_dir() / "vectors" / ref.run_id
+    local = dst / ref.artifact_path
+    if not local.is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        local = Path(client.download_artifacts(ref.run_id, ref.artifact_path, str(dst)))
+    v, _ = load_vector(local, expected_dim)
+    return v
+
+
+def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
+                     uri: str | None = None) -> list[dict[str, float | str | int]]:
+    """Per-layer best coherent steering deltas logged by the steering stage."""
+    client, exp_id = ensure_store(uri, experiment)
+    filt = (f"tags.`traitlab.stage` = 'steer' and tags.trait = '{_q(trait)}' and tags.model = '{_q(model)}' "
+            "and attributes.status = 'FINISHED'")
+    rows = []
+    for r in client.search_runs([exp_id], filter_string=filt, max_results=500):
+        per_layer = _layer_metrics(client, r.info.run_id, ["best_delta", "best_coherence", "best_coefficient"])
+        for lyr, m in per_layer.items():
+            if "best_delta" in m:
+                rows.append({"run_id": r.info.run_id, "vector_run_id": r.data.tags.get("traitlab.vector_run_id", ""),
+                             "method": r.data.tags.get("method", ""), "component": r.data.tags.get("component", ""),
+                             "position": r.data.tags.get("position", ""), "layer": lyr, **m})
+    return rows
+
+
+def best_vector(trait: str, model: str, *, experiment: str = "traitlab", uri: str | None = None,
+                **filters: str) -> VectorRef | None:
+    """Walk steering delta (coherent) > OOD effect size > in-distribution effect size."""
+    refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
+    if not refs:
+        return None
+    by_key = {(r.method, r.component, r.position, r.layer): r for r in refs}
+    steer = [s for s in steering_results(trait, model, experiment=experiment, uri=uri)
+             if (s["method"], s["component"], s["position"], s["layer"]) in by_key]
+    if steer:
+        s = max(steer, key=lambda s: float(s["best_delta"]))
+        ref = by_key[(s["method"], s["component"], s["position"], s["layer"])]
+        ref.source, ref.score = "steering_delta", float(s["best_delta"])
+        return ref
+    for metric in ("ood_effect_size", "val_effect_size"):
+        scored = [r for r in refs if metric in r.metrics]
+        if scored:
+            ref = max(scored, key=lambda r: r.metrics[metric])
+            ref.source, ref.score = metric, ref.metrics[metric]
+            return ref
+    return refs[0]
