@@ -43,6 +43,11 @@ if installed_ok; then
 fi
 
 mkdir -p "$WHEEL_DIR"
+# Parallel CI jobs on one machine: one builds, the others wait for its wheel instead of building again.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$WHEEL_DIR/.build.lock"
+  flock 9
+fi
 find_wheel() { ls "$WHEEL_DIR"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n 1 || true; }
 WHEEL="$(find_wheel)"
 if [[ -z "$WHEEL" ]]; then

@@ -29,6 +29,9 @@ def one_line(err: BaseException) -> str:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         text = str(e).strip()
+        override = getattr(e, "override", None)  # Hydra's parse errors do not name the override themselves
+        if isinstance(override, str) and override and override not in text:
+            text = f"override {redact_override(override)!r}: {text}"
         if text and text not in parts:
             parts.append(text)
         e = e.__cause__
@@ -41,10 +44,55 @@ def one_line(err: BaseException) -> str:
     return scrub(text)
 
 
+def redact_override(override: str) -> str:
+    """'+model.extra.hf_token=abc' -> '+model.extra.hf_token=***': overrides end up in messages and tags."""
+    from traitlab.tracking.params import REDACTED, is_secret_key
+
+    key, sep, _ = override.partition("=")
+    return f"{key}{sep}{REDACTED}" if sep and is_secret_key(key.lstrip("+~")) else override
+
+
+_HYDRA_JOB_ERROR = "Error executing job with overrides: "
+
+
+class _HydraJobErrorFilter:
+    """sys.stderr minus Hydra's own "Error executing job with overrides: [...]" line, which it writes
+    before re-raising: our one-line error follows it, and the raw overrides may hold a secret."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+        self.failed_job: str | None = None
+
+    def write(self, text: str) -> int:
+        if text.startswith(_HYDRA_JOB_ERROR):
+            self.failed_job = text[len(_HYDRA_JOB_ERROR):].strip()
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _failed_job_note(raw: str | None) -> str:
+    """' in job [a=1, b=2]' for a multirun (which job failed matters there), '' for a single run."""
+    if not raw or not any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        return ""
+    import ast
+
+    try:
+        overrides = [redact_override(str(o)) for o in ast.literal_eval(raw)]
+    except (ValueError, SyntaxError):
+        return ""
+    return f" in job [{', '.join(overrides)}]"
+
+
 def run_app(main: Callable[[], Any]) -> None:
     """Run a @hydra.main function, turning any error into one line and exit code 2."""
     user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    real_stderr = sys.stderr
+    stderr = _HydraJobErrorFilter(real_stderr)
+    sys.stderr = stderr
     try:
         main()
     except SystemExit:
@@ -55,14 +103,17 @@ def run_app(main: Callable[[], Any]) -> None:
                 client.set_terminated(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             except Exception:  # noqa: BLE001 - reporting the original error matters more
                 pass
+        sys.stderr = real_stderr
         if user_full_error:
             raise
         if isinstance(e, KeyboardInterrupt):
             print("interrupted", file=sys.stderr)
             sys.exit(130)
         kind = type(e).__name__
-        print(f"error ({kind}): {one_line(e)}", file=sys.stderr)
+        print(f"error ({kind}){_failed_job_note(stderr.failed_job)}: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        sys.stderr = real_stderr
 
 
 def bootstrap() -> None:
@@ -82,6 +133,39 @@ def conf_path() -> str:
 STAGES = ("extract", "steer", "infer", "analyze")
 
 
+def reject_unknown_keys(cfg: Any, prefix: str = "") -> None:
+    """Fail on keys a structured config does not declare. `+extraction.valsplit=0.3` force-adds a key Hydra
+    would otherwise reject, and OmegaConf.to_object then drops it without a word: a typo must not be a no-op."""
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from traitlab.errors import ConfigError
+
+    if not isinstance(cfg, DictConfig):
+        return
+    kind = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(kind):
+        fields = [f.name for f in dataclasses.fields(kind)]
+        for key in cfg.keys():
+            if key not in fields:
+                raise ConfigError(f"{prefix}{key}", f"unknown key; valid keys here: {', '.join(fields)}")
+    for key in cfg.keys():
+        if key != "hydra":
+            reject_unknown_keys(cfg._get_node(key), f"{prefix}{key}.")
+
+
+def _checked(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    import functools
+
+    @functools.wraps(task)  # Hydra unwraps __wrapped__ to name the job after the real task
+    def run(cfg: Any) -> Any:
+        reject_unknown_keys(cfg)
+        return task(cfg)
+
+    return run
+
+
 def launch(stage: str) -> None:
     """Run stage `stage`: conf/<stage>.yaml composed by Hydra, task in traitlab.apps.<stage>.task."""
     import importlib
@@ -89,7 +173,7 @@ def launch(stage: str) -> None:
     import hydra
 
     bootstrap()
-    task = importlib.import_module(f"traitlab.apps.{stage}").task
+    task = _checked(importlib.import_module(f"traitlab.apps.{stage}").task)
     run_app(hydra.main(version_base="1.3", config_path=conf_path(), config_name=stage)(task))
 
 

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from traitlab import faults
 from traitlab.errors import DataError
 
 _CHECKSUM_KEY = "traitlab_sha256"
@@ -35,6 +36,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        faults.maybe_fail("write")
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -355,3 +355,8 @@ def test_prompt_set_missing_lists_available(tmp_path):
     (tmp_path / "starter.json").write_text('["a"]')
     with pytest.raises(ConfigError, match="available: starter"):
         load_prompt_set("startr", root=tmp_path)
+
+
+def test_deeply_nested_json_is_a_data_error(tmp_path):
+    d = make_trait(tmp_path, "c/t", {"positive.json": "[" * 100_000 + "]" * 100_000})
+    assert "positive.json: JSON nested too deeply" in data_error(d)

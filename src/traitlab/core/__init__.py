@@ -31,7 +31,14 @@ from traitlab.core.hooks import (
 from traitlab.core.layers import LayerSpecError, parse_layers
 from traitlab.core.methods import METHODS, MethodResult, get_method
 from traitlab.core.metrics import accuracy, auroc, effect_size, polarity_correct
-from traitlab.core.positions import PositionError, PositionSpec, Segments, parse_position, resolve_batch, resolve_span
+from traitlab.core.positions import (
+    PositionError,
+    PositionSpec,
+    Segments,
+    parse_position,
+    resolve_batch,
+    resolve_span,
+)
 from traitlab.core.vecmath import (
     angular_velocity,
     batch_cosine_similarity,
@@ -47,4 +54,52 @@ from traitlab.core.vecmath import (
     second_derivative,
 )
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "AblationHook",
+    "ActivationCappingHook",
+    "COMPONENTS",
+    "CaptureHook",
+    "HookError",
+    "LayerSpecError",
+    "METHODS",
+    "MethodResult",
+    "MultiLayerCapture",
+    "MultiLayerProjection",
+    "MultiLayerSteering",
+    "PerPositionSteeringHook",
+    "PerSampleSteering",
+    "PositionError",
+    "PositionSpec",
+    "ProjectionHook",
+    "Segments",
+    "SteeringHook",
+    "accuracy",
+    "angular_velocity",
+    "auroc",
+    "base_model",
+    "batch_cosine_similarity",
+    "component_dim",
+    "cosine_similarity",
+    "derivative",
+    "effect_size",
+    "get_decoder_layers",
+    "get_method",
+    "get_module",
+    "hidden_size",
+    "hook_path",
+    "normalize_scores",
+    "num_layers",
+    "orthogonalize",
+    "pairwise_cosine_matrix",
+    "parse_layers",
+    "parse_position",
+    "pca",
+    "polarity_correct",
+    "project_out_subspace",
+    "projection",
+    "radial_velocity",
+    "resolve_batch",
+    "resolve_span",
+    "second_derivative",
+    "unembedding",
+]

@@ -40,6 +40,8 @@ def read_text(path: str | Path, expected: str, allow_empty: bool = False) -> str
         raise DataError(path, f"file not found; expected {expected}") from None
     except IsADirectoryError:
         raise DataError(path, f"is a directory; expected a file with {expected}") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read ({e.strerror}); expected a readable file with {expected}") from None
     offset = len(_BOM) if data.startswith(_BOM) else 0
     _check_line_lengths(path, data, offset)
     try:
@@ -126,10 +128,12 @@ def read_json_document(path: str | Path, expected: str) -> LocatedJson:
     text = read_text(path, expected)
     try:
         value = json.loads(text)
+        return LocatedJson(value, _value_lines(path, text))
     except json.JSONDecodeError as e:
         raise DataError(path, f"invalid JSON ({e.msg} at column {e.colno}); expected {expected}",
                         line=e.lineno) from None
-    return LocatedJson(value, _value_lines(path, text))
+    except RecursionError:
+        raise DataError(path, f"JSON nested too deeply; expected {expected}") from None
 
 
 def _value_lines(path: Path, text: str) -> dict[JsonPath, int]:

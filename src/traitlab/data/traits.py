@@ -121,9 +121,11 @@ def list_traits(root: Path | None = None) -> list[str]:
 
 def resolve_trait_dir(name: str | None = None, path: str | Path | None = None, root: Path | None = None) -> Path:
     """The directory of a trait given by `name` (`category/trait` under `root`) or by any `path` on disk."""
-    if (name is None) == (path is None):
-        raise ConfigError("trait", "give exactly one of a trait name (trait=starter/sycophancy) "
+    if name is None and path is None:
+        raise ConfigError("trait", "give a trait name (trait=starter/sycophancy) "
                                    "or a directory (trait.path=/some/dir)")
+    # A path wins over a name: the config always carries the default trait's name, and `trait.path=/dir`
+    # on the command line must pick the directory without also having to unset the name.
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_dir():
@@ -298,7 +300,7 @@ def _check_stray_files(trait_dir: Path) -> None:
             continue
         close = difflib.get_close_matches(f.name, sorted(_KNOWN_FILES), n=1, cutoff=0.8)
         if close:
-            raise DataError(f, f"unrecognised file name; did you mean {close[0]}?")
+            raise DataError(f, f"unrecognised file name; did you mean {close[0]}? (rename it, or move it out if it is not trait data)")
 
 
 def load_trait(trait_dir: str | Path, root: Path | None = None) -> TraitDataset:

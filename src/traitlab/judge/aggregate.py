@@ -33,7 +33,7 @@ def integer_weights(top_logprobs: Mapping[str, float], lo: int = 0, hi: int = 10
             continue
         p = math.exp(min(float(logprob), 0.0))  # a logprob can come back as 1e-7 from float rounding
         weights[value] = weights.get(value, 0.0) + p
-    return weights
+    return dict(sorted(weights.items()))
 
 
 def logprob_score(
@@ -45,7 +45,10 @@ def logprob_score(
     if not 0.0 <= min_weight <= 1.0:
         raise ValueError(f"logprob_score: min_weight={min_weight} must be in [0, 1]")
     weights = integer_weights(top_logprobs, lo, hi)
-    total = sum(weights.values())
+    # fsum over sorted items: the same distribution gives bit-identical scores whatever the token order
+    # (a cached reply comes back with its keys in another order than the live one).
+    items = sorted(weights.items())
+    total = math.fsum(p for _, p in items)
     if total <= 0.0 or total < min_weight:
         return None
-    return sum(value * p for value, p in weights.items()) / total
+    return math.fsum(value * p for value, p in items) / total

@@ -123,11 +123,17 @@ class PerplexityCoherence:
 
 
 def combine_coherence(a: float | None, b: float | None, mode: str = "min") -> float | None:
-    """min (strict: either signal can veto) or mean; a missing signal defers to the other."""
-    if mode not in ("min", "mean"):
-        raise ConfigError("judge.perplexity_combine", f"'{mode}' is not min or mean")
+    """min (strict: either signal can veto) or mean; a missing signal defers to the other.
+
+    `perplexity` keeps the perplexity coherence `b` alone: for a judge too small to grade coherence
+    (SmolLM2-135M gives ~30/100 to any text), whose trait score is still wanted.
+    """
+    if mode not in ("min", "mean", "perplexity"):
+        raise ConfigError("judge.perplexity_combine", f"'{mode}' is not perplexity, min or mean")
     if a is None or b is None:
         return a if b is None else b
+    if mode == "perplexity":
+        return b
     return min(a, b) if mode == "min" else (a + b) / 2
 
 

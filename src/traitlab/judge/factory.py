@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "prompts_dir": None,  # null -> datasets/llm_judge
     "trait_prompt_path": None,  # trait-level trait_score prompt file (after inline eval_prompt)
     "batch_size": 16,  # hf_local / perplexity forward batch
-    "perplexity_combine": None,  # null | min | mean: also score coherence by perplexity and combine
+    "perplexity_combine": None,  # null | min | mean | perplexity: also score coherence by perplexity and combine
     "ppl_min": None,
     "ppl_max": None,
 }

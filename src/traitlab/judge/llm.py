@@ -131,8 +131,9 @@ class OpenAICompatibleSource:
         return int(self._scale_max)
 
     def _server_tokens(self, text: str) -> list[int] | None:
-        """Token ids of `text` from the server's tokenize endpoint, if it has one we know."""
+        """Token ids of `text` from the server's tokenize endpoint, or None if it has none we know."""
         import json
+        import urllib.error
         import urllib.request
 
         root = re.sub(r"/v1/?$", "", self.base_url or "")
@@ -149,22 +150,35 @@ class OpenAICompatibleSource:
             try:
                 with urllib.request.urlopen(req, timeout=min(self.timeout_s, 10.0)) as resp:
                     tokens = json.loads(resp.read().decode()).get("tokens")
-            except Exception:  # noqa: BLE001 - an endpoint this server lacks; try the next
+            except urllib.error.HTTPError:
+                continue  # an endpoint this server lacks (404) or rejects (422): try the next
+            except (OSError, ValueError, AttributeError) as e:
+                if isinstance(e, urllib.error.URLError | ConnectionError | TimeoutError):
+                    # Down, not tokenizer-less: guessing 100 here would silently change every prompt.
+                    raise JudgeUnavailable(
+                        f"{self._where()}: cannot reach the server to detect its number tokenization; start it, "
+                        "or set judge.scale_max (9 or 100)") from None
                 continue
             if isinstance(tokens, list):
                 return tokens
         return None
 
     def _detect_scale(self) -> int:
-        lengths = [self._server_tokens(t) for t in ("77", "100")]
-        if any(t is None for t in lengths):
-            log.warning("%s: cannot tell whether the judge model splits numbers into digits; assuming 0-100 "
-                        "(set judge.scale_max=9 for SmolLM2/Qwen/Mistral-style tokenizers)", self._where())
-            return 100
-        return 100 if all(len(t) == 1 for t in lengths) else 9
+        """100 if the server's tokenizer spells 77 and 100 as one token each, else 9."""
+        for text in ("77", "100"):
+            tokens = self._server_tokens(text)
+            if tokens is None:
+                log.warning("%s: cannot tell whether the judge model splits numbers into digits; assuming 0-100 "
+                            "(set judge.scale_max=9 for SmolLM2/Qwen/Mistral-style tokenizers)", self._where())
+                return 100
+            if len(tokens) != 1:
+                return 9
+        return 100
 
     def _where(self) -> str:
-        return f"judge.backend={self.backend}" + (f" at {self.base_url}" if self.base_url else "")
+        # A base_url may carry user:password@ -- never print it.
+        url = re.sub(r"//[^/@]+@", "//***@", self.base_url) if self.base_url else None
+        return f"judge.backend={self.backend}" + (f" at {url}" if url else "")
 
     def _api_key(self) -> str:
         if self.api_key_env is None:
@@ -210,9 +224,14 @@ class OpenAICompatibleSource:
 
     def _discover_model(self) -> str:
         """openai_compatible without judge.model: use the server's only (or first) model."""
+        import openai
+
         try:
             models = [m.id for m in self.client().models.list()]
-        except Exception:  # noqa: BLE001
+        except openai.APIConnectionError:
+            raise JudgeUnavailable(f"{self._where()}: cannot reach the server to ask which model it serves; "
+                                   "start it, or set judge.model so cached scores can be used without it") from None
+        except openai.OpenAIError:
             models = []
         if not models:
             raise ConfigError("judge.model", f"not set and {self.base_url}/models lists no model; set judge.model")
@@ -300,7 +319,8 @@ class OpenAICompatibleSource:
         results: list[Logprobs | None] = [None] * len(prompts)
         if not prompts:
             return results
-        self.model_id  # noqa: B018 - resolve the model once, not in every worker
+        self.client()  # create the client and resolve the model once, not racing in every worker
+        self.model_id  # noqa: B018
         abort = threading.Event()
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
             futures = {pool.submit(self._request, p, top_k, abort): i for i, p in enumerate(prompts)}

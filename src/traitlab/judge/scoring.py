@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from traitlab.errors import ConfigError
 from traitlab.judge.aggregate import integer_weights, logprob_score
 from traitlab.judge.base import JudgeScore, ScoreRequest
 from traitlab.judge.cache import ScoreCache, cache_key
@@ -62,9 +63,11 @@ def apply_relevance_rule(coherence: float | None, relevance: float | None) -> tu
     return min(coherence, OFF_TOPIC_COHERENCE_CAP), coherence > OFF_TOPIC_COHERENCE_CAP
 
 
-@dataclass
-class _Job:
-    kind: str
+@dataclass(frozen=True)
+class JudgePrompt:
+    """One rendered judge prompt: which score it yields, its cache key, and the template it came from."""
+
+    kind: str  # trait | coherence | relevance
     prompt: str
     key: str
     source: str
@@ -85,12 +88,8 @@ class LogprobJudge:
         trait_prompt_path: str | Path | None = None,
     ):
         if not 0.0 <= min_weight <= 1.0:
-            from traitlab.errors import ConfigError
-
             raise ConfigError("judge.min_weight", f"{min_weight} is not in [0, 1]")
         if not 1 <= top_logprobs <= 20:
-            from traitlab.errors import ConfigError
-
             raise ConfigError("judge.top_logprobs", f"{top_logprobs} is not in 1..20 (the OpenAI API maximum)")
         self.source = source
         self.min_weight = min_weight
@@ -102,32 +101,29 @@ class LogprobJudge:
         # Load and check the shared templates now so a bad prompt file fails before any model loads.
         self._coherence = resolve_template("coherence", prompts_dir=prompts_dir)
         self._relevance = resolve_template("relevance", prompts_dir=prompts_dir) if relevance_check else None
-        if trait_prompt_path:
-            resolve_template("trait_score", trait_prompt_path=trait_prompt_path)
+        self.check_trait_prompt(None)
+
+    def check_trait_prompt(self, eval_prompt: str | None, trait: str = "") -> PromptTemplate:
+        """Resolve (and so check) the trait prompt a request would use; call it before loading models."""
+        return resolve_template("trait_score", eval_prompt=eval_prompt, trait_prompt_path=self.trait_prompt_path,
+                                prompts_dir=self.prompts_dir, trait=trait)
 
     def validate(self) -> None:
         self.source.validate()
 
-    def _trait_template(self, req: ScoreRequest) -> PromptTemplate:
-        return resolve_template(
-            "trait_score",
-            eval_prompt=req.eval_prompt,
-            trait_prompt_path=self.trait_prompt_path,
-            prompts_dir=self.prompts_dir,
-            trait=req.trait,
-        )
-
-    def _jobs(self, req: ScoreRequest, scale_max: int) -> list[_Job]:
+    def prompts_for(self, req: ScoreRequest, scale_max: int | None = None) -> list[JudgePrompt]:
+        """The rendered prompts (and cache keys) this judge asks about one request."""
+        scale_max = self.source.scale_max if scale_max is None else scale_max
         values = dict(trait=req.trait, definition=req.definition, question=req.question, answer=req.response,
                       max_score=scale_max)
-        templates = [("trait", self._trait_template(req)), ("coherence", self._coherence)]
+        templates = [("trait", self.check_trait_prompt(req.eval_prompt, req.trait)), ("coherence", self._coherence)]
         if self._relevance is not None:
             templates.append(("relevance", self._relevance))
         jobs = []
         for kind, tpl in templates:
             prompt = tpl.render(**values)
             key = cache_key(self.source.backend, self.source.model_id, prompt, top_logprobs=self.top_logprobs)
-            jobs.append(_Job(kind, prompt, key, tpl.source))
+            jobs.append(JudgePrompt(kind, prompt, key, tpl.source))
         return jobs
 
     def fetch(self, prompts_by_key: dict[str, str]) -> tuple[dict[str, Logprobs | None], set[str]]:
@@ -157,7 +153,7 @@ class LogprobJudge:
         if not requests:
             return []
         scale_max = self.source.scale_max
-        per_request = [self._jobs(r, scale_max) for r in requests]
+        per_request = [self.prompts_for(r, scale_max) for r in requests]
         prompts_by_key = {j.key: j.prompt for jobs in per_request for j in jobs}
         found, hits = self.fetch(prompts_by_key)
         out = []

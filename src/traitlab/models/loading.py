@@ -186,17 +186,60 @@ def _source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     return spec.id, kwargs
 
 
-def _quantization_config(spec: ModelSpec, dtype: torch.dtype) -> Any:
+class _DropKnownBnbNoise(logging.Filter):
+    """Drop two bitsandbytes warnings that say nothing actionable and would flood every job log.
+
+    int8 (LLM.int8) always runs its matmuls in float16 and logs that on EVERY call when activations are
+    float32/bfloat16; on CPU without the optional `kernels` package nf4 falls back to a pure-torch gemm.
+    """
+
+    _NOISE = ("MatMul8bitLt: inputs will be cast", "Failed to load CPU gemm_4bit_forward")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._NOISE)
+
+
+def _quiet_bitsandbytes() -> None:
+    for name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownBnbNoise) for f in logger.filters):
+            logger.addFilter(_DropKnownBnbNoise())
+
+
+def bnb_backend_error() -> str | None:
+    """Why bitsandbytes cannot quantize here (None when it can): not installed, or its native library failed.
+
+    bitsandbytes loads ONE native library (the CUDA/ROCm one when torch has a GPU, else the CPU one); the
+    GPU libraries contain the CPU kernels too, so a loaded library serves both devices.
+    """
+    _quiet_bitsandbytes()
+    try:
+        import bitsandbytes  # noqa: F401
+        from bitsandbytes.cextension import BNB_BACKEND, ErrorHandlerMockBNBNativeLibrary, lib
+    except ImportError as e:
+        return f"bitsandbytes is not importable ({e}); install it with pip install 'traitlab[quant]'"
+    if isinstance(lib, ErrorHandlerMockBNBNativeLibrary):
+        return f"bitsandbytes could not load its native {BNB_BACKEND} library (python -m bitsandbytes says why)"
+    return None
+
+
+def model_config(spec: ModelSpec) -> Any:
+    """The model's HF config (text part) without loading weights: depth and width before any heavy work."""
+    from transformers import AutoConfig
+
+    source, kwargs = _source(spec)
+    conf = AutoConfig.from_pretrained(source, **kwargs, trust_remote_code=spec.trust_remote_code)
+    return conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+
+
+def _quantization_config(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> Any:
     if spec.quantization not in QUANTIZATIONS:
         raise ConfigError("model.quantization", f"'{spec.quantization}' is not one of {', '.join(QUANTIZATIONS)}")
     if spec.quantization == "none":
         return None
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "model.quantization", f"{spec.quantization} needs bitsandbytes: pip install 'traitlab[quant]'"
-        ) from None
+    why = bnb_backend_error()
+    if why is not None:
+        raise ConfigError("model.quantization", f"{spec.quantization} needs bitsandbytes on {device.type}: {why}")
     from transformers import BitsAndBytesConfig
 
     if spec.quantization == "int8":
@@ -207,24 +250,37 @@ def _quantization_config(spec: ModelSpec, dtype: torch.dtype) -> Any:
 
 
 def resolve_lora(lora: str) -> str:
-    """A LoRA adapter is a directory, or a name in datasets/loras.yaml mapping names to directories/HF ids."""
+    """A LoRA adapter: a directory, or a name in datasets/loras.yaml mapping to a directory or a HF Hub id.
+
+    Registry values are `name: target` or `name: {path: target, ...}`; a relative target is relative to the
+    registry's folder. Targets written as paths (/, ./, ../, ~) must exist; anything else is a Hub id.
+    """
     if Path(lora).expanduser().is_dir():
         return str(Path(lora).expanduser())
     from traitlab.paths import datasets_dir
 
     registry = datasets_dir() / "loras.yaml"
-    if registry.is_file():
-        import yaml
+    if not registry.is_file():
+        raise ConfigError("model.lora", f"'{lora}' is not a directory and there is no registry {registry}")
+    import yaml
 
-        entries = yaml.safe_load(registry.read_text()) or {}
-        if lora in entries:
-            target = entries[lora]
-            target = target.get("path", target) if isinstance(target, dict) else target
-            p = (registry.parent / str(target)).expanduser()
-            return str(p) if p.exists() else str(target)
+    entries = yaml.safe_load(registry.read_text()) or {}
+    if not isinstance(entries, dict):
+        raise ConfigError("model.lora", f"{registry} must map names to adapter paths, got {type(entries).__name__}")
+    if lora not in entries:
         known = ", ".join(sorted(entries)) or "none"
         raise ConfigError("model.lora", f"'{lora}' is neither a directory nor a name in {registry} (known: {known})")
-    raise ConfigError("model.lora", f"'{lora}' is not a directory and there is no registry {registry}")
+    entry = entries[lora]
+    target = str(entry.get("path", "") if isinstance(entry, dict) else entry)
+    if not target:
+        raise ConfigError("model.lora", f"{registry}: entry '{lora}' has no path; expected name: {{path: dir_or_hub_id}}")
+    local = Path(target).expanduser()
+    local = local if local.is_absolute() else registry.parent / local
+    if local.is_dir():
+        return str(local)
+    if target.startswith(("/", "./", "../", "~")):
+        raise ConfigError("model.lora", f"{registry}: entry '{lora}' points to {local}, which is not a directory")
+    return target  # a Hugging Face Hub adapter id
 
 
 def _spec_key(spec: ModelSpec) -> str:
@@ -241,13 +297,14 @@ def load_model(spec: ModelSpec | str | dict[str, Any], reuse: bool = True) -> Lo
     if reuse and key in _LOADED:
         return _LOADED[key]
 
+    _quiet_bitsandbytes()  # before transformers/peft import bitsandbytes, which logs at import time
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     source, kwargs = _source(spec)
-    quant = _quantization_config(spec, dtype)
+    quant = _quantization_config(spec, dtype, device)
     load_kwargs: dict[str, Any] = dict(kwargs, dtype=dtype, trust_remote_code=spec.trust_remote_code)
     if spec.attn_implementation:
         load_kwargs["attn_implementation"] = spec.attn_implementation
@@ -267,7 +324,12 @@ def load_model(spec: ModelSpec | str | dict[str, Any], reuse: bool = True) -> Lo
     if spec.lora:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, resolve_lora(spec.lora))
+        adapter = resolve_lora(spec.lora)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"model.lora '{spec.lora}': cannot load adapter {adapter} "
+                             f"({str(e).splitlines()[0]})") from None
     model.eval()
     model.requires_grad_(False)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from traitlab import faults
 from traitlab.config.schema import GenerationConfig
 from traitlab.data import Example
 from traitlab.errors import DataError
@@ -61,7 +62,8 @@ def responses_for(
         if not (isinstance(cached, list) and len(cached) == len(missing)):
             gens = generate_texts(lm, [texts[i] for i in missing], max_new_tokens=gen.max_new_tokens,
                                   batch_size=gen.batch_size, seed=seed, do_sample=gen.do_sample,
-                                  temperature=gen.temperature, top_p=gen.top_p, desc=desc)
+                                  temperature=gen.temperature, top_p=gen.top_p, desc=desc,
+                                  hooks=faults.batch_fault("generate"))
             cached = [g.text for g in gens]
             atomic_write_json(path, cached)
     for i, text in zip(missing, cached, strict=True):
@@ -91,5 +93,6 @@ def pooled_activations(
         pairs = [TextPair(t, r) for t, r in zip(texts, responses, strict=True)]
         acts = capture_pooled(lm, pairs, position=position, layers=layers, component=component,
                               batch_size=batch_size, max_length=max_length, desc=desc)
+        faults.maybe_fail("capture")
         save_tensors(path, {"acts": acts}, {"position": position, "component": component})
     return acts

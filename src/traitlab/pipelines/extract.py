@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from traitlab import faults
 from traitlab.config.schema import ExtractConfig
 from traitlab.core.components import COMPONENTS, component_dim
 from traitlab.core.layers import parse_layers
@@ -147,6 +148,7 @@ def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: Loade
                         v, meta)
         d = vector_dir(cfg.component.name, cfg.position.spec, cfg.method.name)
         run.log_artifacts(Path(tmp) / d, d)
+    faults.maybe_fail("log")
     layers = sorted(vectors)
     curves = {f"{cfg.method.name}:{k}": {lyr: metrics[lyr][k] for lyr in layers if k in metrics[lyr]}
               for k in ("val_accuracy", "ood_accuracy")}

@@ -13,6 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from traitlab.cli import redact_override
 from traitlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,13 @@ def parent_run_id_from_hydra() -> str | None:
 
 
 class MLflowSweepCallback(Callback):
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _protect_secrets(config)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from traitlab.tracking.runs import git_commit
+
+        _protect_secrets(config)
         from traitlab.tracking.store import ensure_store
 
         tracking = config.get("tracking", {})
@@ -46,7 +52,7 @@ class MLflowSweepCallback(Callback):
             exp_id,
             run_name=f"{stage}-sweep-{sweep_dir.name}",
             tags={"traitlab.stage": f"{stage}_sweep", "traitlab.sweep_dir": str(sweep_dir), "git_commit": git_commit(),
-                  "traitlab.overrides": " ".join(config.hydra.overrides.task)[:5000]},
+                  "traitlab.overrides": " ".join(redact_override(str(o)) for o in config.hydra.overrides.task)[:5000]},
         )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(sweep_dir / PARENT_FILE, run.info.run_id)
@@ -59,6 +65,7 @@ class MLflowSweepCallback(Callback):
         from traitlab.tracking.store import ensure_store
         from traitlab.tracking.summary import summarize_sweep
 
+        _protect_secrets(config)
         f = Path(config.hydra.sweep.dir) / PARENT_FILE
         if not f.is_file():
             return
@@ -75,3 +82,39 @@ class MLflowSweepCallback(Callback):
             client.set_terminated(run_id, status="FAILED")
             raise
         print(f"MLflow parent run: {run_id}")
+
+
+def _protect_secrets(config: DictConfig) -> None:
+    """Hydra saves the composed config and the raw overrides (.hydra/*.yaml, multirun.yaml) before any job
+    code runs, and its launchers log each job's overrides: redact secret values (of a `*_token` key, of a
+    secret env var) in those files as soon as they exist, and in every log record from now on."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from traitlab.tracking.params import config_secrets, install_log_scrubber, scrub_yaml_file, secret_values
+
+    task = OmegaConf.to_container(config, resolve=False)
+    task.pop("hydra", None)
+    overrides = [str(o) for o in config.hydra.overrides.task] if "hydra" in config else []
+    secrets = config_secrets(task) + secret_values()
+    secrets += [o.split("=", 1)[1] for o in overrides
+                if "=" in o and is_secret_override(o) and len(o.split("=", 1)[1]) >= 4]
+    if not secrets:
+        return
+    install_log_scrubber(secrets)
+    hc = HydraConfig.get() if HydraConfig.initialized() else config.hydra
+    files: list[Path] = []
+    out, sub = OmegaConf.select(hc, "runtime.output_dir"), OmegaConf.select(hc, "output_subdir")
+    if out and sub:
+        files += sorted((Path(str(out)) / str(sub)).glob("*.yaml"))
+    sweep = OmegaConf.select(hc, "sweep.dir")
+    if sweep:
+        files.append(Path(str(sweep)) / "multirun.yaml")
+    for f in files:
+        scrub_yaml_file(f, secrets)
+
+
+def is_secret_override(override: str) -> bool:
+    from traitlab.tracking.params import is_secret_key
+
+    return is_secret_key(override.split("=", 1)[0].lstrip("+~"))

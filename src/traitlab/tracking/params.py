@@ -51,3 +51,88 @@ def scrub(text: str) -> str:
     for v in secret_values():
         text = text.replace(v, REDACTED)
     return text
+
+
+def config_secrets(obj: Any, prefix: str = "") -> list[str]:
+    """The values (as text) of secret-looking keys in a nested config, to scrub from files Hydra writes."""
+    out: list[str] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            key = f"{prefix}{k}"
+            if is_secret_key(key) and isinstance(v, str | int) and not isinstance(v, bool) and len(str(v)) >= 4:
+                out.append(str(v))
+            else:
+                out.extend(config_secrets(v, f"{key}."))
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            out.extend(config_secrets(v, prefix))
+    return out
+
+
+def scrub_yaml_file(path: Any, secrets: list[str]) -> bool:
+    """Replace every occurrence of `secrets` inside the strings of a YAML file (re-dumped, so it stays valid
+    YAML); True if the file changed. Hydra writes the composed config and the raw overrides to its output
+    dirs (.hydra/*.yaml, multirun.yaml), secrets included."""
+    from pathlib import Path
+
+    import yaml
+
+    from traitlab.io import atomic_write_text
+
+    path = Path(path)
+    secrets = [s for s in secrets if s]
+    if not secrets or not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    if not any(s in text for s in secrets):
+        return False
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, str):
+            for s in secrets:
+                x = x.replace(s, REDACTED)
+            return x
+        if isinstance(x, dict):
+            return {clean(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        atomic_write_text(path, clean(text))  # not YAML after all: plain text replacement
+        return True
+    atomic_write_text(path, yaml.safe_dump(clean(data), sort_keys=False, allow_unicode=True))
+    return True
+
+
+_LOG_SECRETS: list[str] = []
+
+
+def install_log_scrubber(secrets: list[str]) -> None:
+    """Redact these values in every log record this process creates from now on, whoever logs it (Hydra's
+    launchers log each job's raw overrides). A record factory, not a handler filter: Hydra re-configures
+    logging handlers when it launches jobs, but leaves the factory alone."""
+    import logging
+
+    new = [s for s in secrets if s and s not in _LOG_SECRETS]
+    if not new:
+        return
+    if not _LOG_SECRETS:
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            try:
+                msg = record.getMessage()
+            except Exception:  # noqa: BLE001 - a bad format string is the logging module's to report
+                return record
+            if any(s in msg for s in _LOG_SECRETS):
+                for s in _LOG_SECRETS:
+                    msg = msg.replace(s, REDACTED)
+                record.msg, record.args = msg, ()
+            return record
+
+        logging.setLogRecordFactory(factory)
+    _LOG_SECRETS.extend(new)

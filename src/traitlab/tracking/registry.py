@@ -7,11 +7,14 @@ out-of-distribution effect size, which beats the in-distribution held-out effect
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from traitlab.errors import DataError
 from traitlab.paths import cache_dir
 from traitlab.tracking.artifacts import load_vector, vector_path
 from traitlab.tracking.store import RetryingClient, ensure_store
@@ -73,7 +76,8 @@ def find_vectors(
     seen: set[tuple[str, str, str, int]] = set()
     for r in runs:
         tags = r.data.tags
-        per_layer = _layer_metrics(client, r.info.run_id, ["val_accuracy", "val_effect_size", "ood_effect_size"])
+        per_layer = _layer_metrics(client, r.info.run_id, ["val_accuracy", "val_effect_size", "ood_effect_size",
+                                                             "baseline"])
         for lyr in sorted(int(x) for x in tags.get("layers", "").split(",") if x != ""):
             if layer is not None and lyr != layer:
                 continue
@@ -86,15 +90,32 @@ def find_vectors(
     return refs
 
 
+def traits_with_vectors(model: str, *, experiment: str = "traitlab", uri: str | None = None) -> list[str]:
+    """Every trait with at least one finished extraction run for this model, sorted."""
+    client, exp_id = ensure_store(uri, experiment)
+    filt = (f"tags.`traitlab.stage` = 'extract' and tags.model = '{_q(model)}' "
+            "and attributes.status = 'FINISHED'")
+    runs = client.search_runs([exp_id], filter_string=filt, max_results=5000)
+    return sorted({r.data.tags["trait"] for r in runs if r.data.tags.get("trait")})
+
+
 def fetch_vector(ref: VectorRef, uri: str | None = None, experiment: str = "traitlab",
                  expected_dim: int | None = None) -> torch.Tensor:
     """Download (once; cached locally) and load the vector file of a VectorRef."""
     client, _ = ensure_store(uri, experiment)
     dst = cache_dir() / "vectors" / ref.run_id
     local = dst / ref.artifact_path
-    if not local.is_file():
-        dst.mkdir(parents=True, exist_ok=True)
-        local = Path(client.download_artifacts(ref.run_id, ref.artifact_path, str(dst)))
+    if local.is_file():
+        try:
+            return load_vector(local, expected_dim)[0]
+        except DataError:
+            pass  # a damaged cached copy (a download cut short): fetch it again; a bad artifact fails below
+    # Download beside the cache and rename into place, so a kill mid-download never leaves a partial copy.
+    dst.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst, prefix=".download.") as tmp:
+        got = Path(client.download_artifacts(ref.run_id, ref.artifact_path, tmp))
+        local.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(got, local)
     v, _ = load_vector(local, expected_dim)
     return v
 

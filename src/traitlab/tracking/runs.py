@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TAG_KEY = "traitlab.job_key"
 TAG_STAGE = "traitlab.stage"
+TAG_SWEEP = "traitlab.sweep"
 
 
 @dataclass
@@ -120,6 +121,8 @@ def job_run(
         done = _find(client, exp_id, job_key, "FINISHED")
         if done and not force:
             log.info("job already done in run %s (force=true to redo)", done[0].info.run_id)
+            if parent_run_id:  # let the sweep's summary include work done by an earlier sweep
+                client.set_tag(done[0].info.run_id, f"{TAG_SWEEP}.{parent_run_id}", "1")
             yield JobRun(client, done[0].info.run_id, exp_id, skipped=True)
             return
         all_tags = {str(k): str(v) for k, v in tags.items()}

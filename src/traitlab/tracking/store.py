@@ -96,6 +96,10 @@ def ensure_store(uri: str | None = None, experiment: str = "traitlab") -> tuple[
         db.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(db) + ".init.lock")
         lock.acquire(timeout=600)
+    # MLflow logs its schema migration at INFO ("Creating initial MLflow database tables...") on stderr,
+    # around our one-line messages: keep the library at WARNING like every other one.
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         client = RetryingClient(uri)
         exp = client.get_experiment_by_name(experiment)

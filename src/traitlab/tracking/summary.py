@@ -18,6 +18,9 @@ def summarize_sweep(client: RetryingClient, experiment_id: str, parent_run_id: s
 
     children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                                   max_results=1000)
+    reused = client.search_runs([experiment_id], filter_string=f"tags.`traitlab.sweep.{parent_run_id}` = '1'",
+                                max_results=1000)
+    children = children + reused
     groups: dict[tuple[str, str, str, str], dict[tuple[str, int], float]] = defaultdict(dict)
     for child in children:
         tags = child.data.tags

@@ -1,0 +1,389 @@
+"""traitlab side by side with repeng 0.4.0 and steering-vectors 0.12.2 on SmolLM2 (part of `make bench`).
+
+`run()` is called by benchmarks/run_all.py from the main venv. The peers cannot live there (repeng needs
+numpy < 2, steering-vectors pins transformers < 5), so run() re-executes this file as a worker inside
+benchmarks/.venv-peers (built by setup_peers.sh, traitlab on PYTHONPATH): the three libraries share one
+process, one model object, one torch and one thread pool, and their runs are interleaved (A B C, B C A,
+...) so load from other processes hits all of them alike; medians are reported.
+
+What is compared, on the same starter/optimism contrastive pairs (prompt + provided response):
+  extraction   a vector for every layer (30) from the last token, 32 texts per forward where the peer
+               allows it: repeng pca_diff vs traitlab pca_diff; steering-vectors mean difference vs
+               traitlab mean_diff (also steering-vectors at its default batch_size=1).
+  steering     greedy generate, 32 new tokens forced (min_new_tokens), one prompt, the SAME delta
+               coefficient * unit vector added at one layer by each library; tokens/s.
+Results: benchmarks/results/peers.json and benchmarks/RESULTS.md.
+
+    python benchmarks/bench_peers.py            # from the main venv: sets up the peers venv, runs, writes
+    BENCH_PEERS_PAIRS=70 BENCH_PEERS_REPEATS=5 python benchmarks/bench_peers.py   # the full trait, more repeats
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_VENV = ROOT / "benchmarks" / ".venv-peers"
+RESULTS_JSON = ROOT / "benchmarks" / "results" / "peers.json"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+
+TRAIT = "starter/optimism"
+BATCH = 32                      # texts per forward (repeng's default)
+STEER_LAYER = 15
+STEER_COEFFICIENT = 8.0
+NEW_TOKENS = 32
+STEER_PROMPT = "How do you feel about starting a new job next week?"
+
+
+# --------------------------------------------------------------------------------------- worker side
+
+
+def _timings(jobs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, dict[str, list[float]]], dict]:
+    """Run every job `repeats` times, rotating the order each round.
+
+    Records wall seconds and this process's CPU seconds: with one torch thread, CPU time is the work
+    done, unaffected by other processes taking the core (wall time on a shared machine is not).
+    """
+    import torch
+
+    from traitlab.models.batching import PeakMemory
+
+    times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in jobs}
+    peaks: dict[str, int] = {}
+    outputs: dict[str, Any] = {}
+    names = list(jobs)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            with PeakMemory(torch.device("cpu")) as meter:
+                w0, c0 = time.perf_counter(), time.process_time()
+                outputs[name] = jobs[name]()
+                times[name]["cpu"].append(time.process_time() - c0)
+                times[name]["wall"].append(time.perf_counter() - w0)
+            if meter.peak is not None:
+                peaks[name] = max(peaks.get(name, 0), meter.peak)
+    return times, {"outputs": outputs, "peaks": peaks}
+
+
+def _worker(n_pairs: int, repeats: int, threads: int) -> dict[str, Any]:
+    import numpy as np
+    import repeng
+    import steering_vectors
+    import torch
+    import transformers
+    from repeng import ControlModel, ControlVector, DatasetEntry
+    from steering_vectors import SteeringVector, train_steering_vector
+
+    from traitlab.core.hooks import SteeringHook
+    from traitlab.core.methods import get_method
+    from traitlab.data import load_trait, resolve_trait_dir
+    from traitlab.models.capture import TextPair, capture_pooled
+    from traitlab.models.chat import format_prompt
+    from traitlab.models.loading import load_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    lm = load_model("smollm2_135m")  # float32 on CPU; left padding; the same object for all three
+    model, tok = lm.model, lm.tokenizer
+    n_layers = lm.n_layers
+    trait = load_trait(resolve_trait_dir(TRAIT))
+    n_pairs = min(n_pairs, len(trait.positive))
+
+    def pairs(examples: list) -> list[TextPair]:
+        return [TextPair(format_prompt(tok, e.prompt, e.system_prompt, lm.use_chat_template), e.response or "")
+                for e in examples[:n_pairs]]
+
+    pos, neg = pairs(trait.positive), pairs(trait.negative)
+    pos_text = [p.prompt_text + p.response for p in pos]
+    neg_text = [p.prompt_text + p.response for p in neg]
+    layers = list(range(n_layers))
+
+    # ---- extraction: every layer, last token ---------------------------------------------------------
+    def traitlab_extract(method: str) -> Callable[[], dict[int, torch.Tensor]]:
+        def go() -> dict[int, torch.Tensor]:
+            # the library path of `launchers/extract.py`: in-hook pooling, stop after the deepest layer
+            p = capture_pooled(lm, pos, position="response[-1]", layers=layers, batch_size=BATCH, desc=None)
+            q = capture_pooled(lm, neg, position="response[-1]", layers=layers, batch_size=BATCH, desc=None)
+            m = get_method(method)
+            return {layer: m.extract(p[:, j], q[:, j]).vector for j, layer in enumerate(layers)}
+        return go
+
+    dataset = [DatasetEntry(positive=a, negative=b) for a, b in zip(pos_text, neg_text, strict=True)]
+
+    def repeng_extract() -> dict[int, torch.Tensor]:
+        # hidden_layers given: by default repeng skips layer 0 (range(-1, -n_layers, -1))
+        cv = ControlVector.train(model, tok, dataset, hidden_layers=list(range(-1, -n_layers - 1, -1)),
+                                 batch_size=BATCH)
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in cv.directions.items()}
+
+    samples = list(zip(pos_text, neg_text, strict=True))
+
+    def sv_extract(batch_size: int) -> Callable[[], dict[int, torch.Tensor]]:
+        def go() -> dict[int, torch.Tensor]:
+            sv = train_steering_vector(model, tok, samples, layers=layers, batch_size=batch_size)
+            return {k: v.detach().float() for k, v in sv.layer_activations.items()}
+        return go
+
+    # warm-up (lazy imports, allocator, sklearn) on 2 pairs for each library, untimed
+    few = dataset[:2]
+    capture_pooled(lm, pos[:2], position="response[-1]", layers=layers, batch_size=2, desc=None)
+    ControlVector.train(model, tok, few, batch_size=4)
+    train_steering_vector(model, tok, samples[:2], batch_size=2)
+
+    extraction_jobs = {
+        "traitlab pca_diff": traitlab_extract("pca_diff"),
+        "repeng pca_diff": repeng_extract,
+        "traitlab mean_diff": traitlab_extract("mean_diff"),
+        f"steering-vectors (batch {BATCH})": sv_extract(BATCH),
+        "steering-vectors (default batch 1)": sv_extract(1),
+    }
+    ext_times, ext_extra = _timings(extraction_jobs, repeats)
+    vecs = ext_extra["outputs"]
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        return v.double() / v.double().norm()
+
+    # do the libraries agree? (same data, same token): cosine per layer between unit vectors
+    sv_cos = [float(unit(vecs["traitlab mean_diff"][layer]) @ unit(vecs[f"steering-vectors (batch {BATCH})"][layer]))
+              for layer in layers]
+    repeng_cos = [float(unit(vecs["traitlab pca_diff"][layer]) @ unit(vecs["repeng pca_diff"][layer]))
+                  for layer in layers[:-1]]  # repeng's last "layer" is read after the final norm
+
+    # ---- steered generation ----------------------------------------------------------------------------
+    v = unit(vecs["traitlab mean_diff"][STEER_LAYER]).float()
+    prompt = format_prompt(tok, STEER_PROMPT, None, lm.use_chat_template)
+    enc = tok(prompt, return_tensors="pt")
+    gen = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, temperature=None,
+               top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+
+    @torch.inference_mode()
+    def generate() -> list[int]:
+        out = model.generate(**enc, **gen)
+        return out[0, enc["input_ids"].shape[1]:].tolist()
+
+    def traitlab_steer() -> list[int]:
+        with SteeringHook(model, STEER_LAYER, v, STEER_COEFFICIENT):
+            return generate()
+
+    def repeng_steer() -> list[int]:
+        cm = ControlModel(model, [STEER_LAYER])  # wraps the layer in place: unwrapped below
+        try:
+            cm.set_control(ControlVector(model_type="llama", directions={STEER_LAYER: v.numpy()}),
+                           STEER_COEFFICIENT)
+            return generate()
+        finally:
+            cm.unwrap()
+
+    sv_vector = SteeringVector({STEER_LAYER: v}, "decoder_block")
+
+    def sv_steer() -> list[int]:
+        with sv_vector.apply(model, multiplier=STEER_COEFFICIENT):
+            return generate()
+
+    generate()  # warm-up
+    gen_jobs = {"plain generate": generate, "traitlab": traitlab_steer, "repeng": repeng_steer,
+                "steering-vectors": sv_steer}
+    gen_times, gen_extra = _timings(gen_jobs, max(repeats, 5))
+    texts = {k: tok.decode(ids, skip_special_tokens=True) for k, ids in gen_extra["outputs"].items()}
+
+    def summary(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+        return {k: {"cpu_median_s": statistics.median(t["cpu"]), "wall_median_s": statistics.median(t["wall"]),
+                    "wall_min_s": min(t["wall"]), "runs": len(t["wall"])} for k, t in times.items()}
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    return {
+        "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "numpy": np.__version__,
+                     "repeng": _version("repeng", repeng), "steering-vectors": _version("steering-vectors",
+                                                                                       steering_vectors),
+                     "traitlab": _traitlab_version()},
+        "settings": {"model": "SmolLM2-135M-Instruct (float32, CPU)", "trait": TRAIT, "pairs": n_pairs,
+                     "texts": 2 * n_pairs, "layers": n_layers, "batch_texts_per_forward": BATCH,
+                     "read_position": "last token", "repeats": repeats, "steer_layer": STEER_LAYER,
+                     "steer_coefficient": STEER_COEFFICIENT, "new_tokens": NEW_TOKENS},
+        "extraction": summary(ext_times),
+        "extraction_peak_rss_mib": {k: round(b / 2**20) for k, b in ext_extra["peaks"].items()},
+        "generation": summary(gen_times),
+        "generation_tokens_per_cpu_s": {k: NEW_TOKENS / statistics.median(t["cpu"]) for k, t in gen_times.items()},
+        "generation_texts_identical": len(set(texts[k] for k in ("traitlab", "repeng", "steering-vectors"))) == 1,
+        "generation_texts": texts,
+        "agreement": {"traitlab_mean_diff_vs_steering_vectors_cosine_min": min(sv_cos),
+                      "traitlab_pca_diff_vs_repeng_cosine": [round(c, 3) for c in repeng_cos],
+                      "repeng_sign_flipped_layers": [i for i, c in enumerate(repeng_cos) if c < 0]},
+    }
+
+
+def _version(dist: str, module: Any) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return getattr(module, "__version__", "?")
+
+
+def _traitlab_version() -> str:
+    import traitlab
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{traitlab.__version__} ({sha or 'no git'})"
+
+
+# ----------------------------------------------------------------------------------------- main side
+
+
+EXTRACTION_PAIRS = {  # peer row -> the traitlab row it is compared with (same method)
+    "repeng pca_diff": "traitlab pca_diff",
+    f"steering-vectors (batch {BATCH})": "traitlab mean_diff",
+    "steering-vectors (default batch 1)": "traitlab mean_diff",
+}
+
+
+def ratios(res: dict[str, Any]) -> dict[str, float]:
+    """Peer / traitlab median CPU seconds, same method and data: > 1 means traitlab is faster."""
+    ext, gen = res["extraction"], res["generation"]
+    out = {f"extraction: {peer} / {ours}": ext[peer]["cpu_median_s"] / ext[ours]["cpu_median_s"]
+           for peer, ours in EXTRACTION_PAIRS.items()}
+    out.update({f"steered generation: {peer} / traitlab": gen[peer]["cpu_median_s"] / gen["traitlab"]["cpu_median_s"]
+                for peer in ("repeng", "steering-vectors")})
+    out["steered generation: traitlab / plain generate"] = (gen["traitlab"]["cpu_median_s"]
+                                                            / gen["plain generate"]["cpu_median_s"])
+    return out
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    m, v, s = res["machine"], res["versions"], res["settings"]
+    ext, gen = res["extraction"], res["generation"]
+    peak = res.get("extraction_peak_rss_mib", {})
+    tps = res["generation_tokens_per_cpu_s"]
+    r = res["ratios"]
+    agree = res["agreement"]
+    flipped = agree["repeng_sign_flipped_layers"]
+    lines = [
+        "# traitlab vs repeng vs steering-vectors",
+        "",
+        "Generated by `benchmarks/bench_peers.py` (`make bench`); raw numbers in `results/peers.json`.",
+        "All three libraries ran in ONE process (benchmarks/.venv-peers, traitlab from src/) on the same model",
+        "object and torch, runs interleaved with the order rotated each round. The ratios use the median CPU",
+        f"seconds of the process with {m['torch_threads']} torch thread(s): on a shared machine wall time also",
+        "counts the time other processes held the core (wall medians are shown beside it).",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_end'])} (a machine shared with other work).",
+        f"- Versions: python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, numpy "
+        f"{v['numpy']}, repeng {v['repeng']}, steering-vectors {v['steering-vectors']}, traitlab {v['traitlab']}.",
+        f"- Data: {s['trait']}, {s['pairs']} positive/negative pairs with their provided responses "
+        f"({s['texts']} texts, chat-formatted); model {s['model']}.",
+        "",
+        f"## Extraction: a vector for each of the {s['layers']} layers, read at the last token",
+        "",
+        f"{s['batch_texts_per_forward']} texts per forward unless stated; {s['repeats']} runs each.",
+        "",
+        "| library | CPU s (median) | wall s (median) | wall s (min) | peak RSS added (MiB) | traitlab speed-up |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, t in ext.items():
+        ours = EXTRACTION_PAIRS.get(name)
+        ratio = f"{t['cpu_median_s'] / ext[ours]['cpu_median_s']:.2f}x" if ours else "-"
+        lines.append(f"| {name} | {t['cpu_median_s']:.2f} | {t['wall_median_s']:.2f} | {t['wall_min_s']:.2f} | "
+                     f"{peak.get(name, '?')} | {ratio} |")
+    lines += [
+        "",
+        "Speed-up = peer / traitlab with the same method (repeng: pca_diff; steering-vectors: mean difference).",
+        "Why traitlab is faster and lighter: its capture hook pools the requested token inside the forward and",
+        "stops the forward after the deepest requested layer, so the final norm, the LM head and the",
+        "vocabulary-sized logits are never computed (about a fifth of SmolLM2's FLOPs at 576 hidden / 49k vocab);",
+        "only [batch, layers, hidden] leaves the hooks. repeng runs the full model with `output_hidden_states=True`",
+        "(every layer's [batch, seq, hidden] kept, logits computed); steering-vectors records every token of",
+        "every layer and computes logits too, positives and negatives as separate passes.",
+        "Peer quirks handled: repeng skips layer 0 unless `hidden_layers` is given (given here: all 30) and its",
+        "last layer is read after the final norm; steering-vectors defaults to `batch_size=1` (its own row).",
+        "",
+        f"Agreement: traitlab mean_diff vs steering-vectors, cosine per layer >= "
+        f"{agree['traitlab_mean_diff_vs_steering_vectors_cosine_min']:.6f} (the same vectors). traitlab pca_diff vs "
+        f"repeng: repeng centres the differences and takes the sign by a majority vote of pairs, traitlab takes "
+        f"the uncentred first axis oriented by the mean difference; repeng's vector points against the mean "
+        f"difference on {len(flipped)} of {len(agree['traitlab_pca_diff_vs_repeng_cosine'])} layers "
+        f"({', '.join(map(str, flipped)) or 'none'}).",
+        "",
+        f"## Steered generation: greedy, {s['new_tokens']} new tokens (forced), one prompt",
+        "",
+        f"The same delta ({s['steer_coefficient']} x the unit mean_diff vector) added after layer "
+        f"{s['steer_layer']} by each library, `model.generate` called the same way; {max(s['repeats'], 5)} runs "
+        f"each. Identical steered text from all three: {'yes' if res['generation_texts_identical'] else 'NO'}.",
+        "",
+        "| run | CPU s (median) | wall s (median) | tokens per CPU s | traitlab speed-up |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, t in gen.items():
+        ratio = (f"{t['cpu_median_s'] / gen['traitlab']['cpu_median_s']:.2f}x"
+                 if name in ("repeng", "steering-vectors") else "-")
+        lines.append(f"| {name} | {t['cpu_median_s']:.3f} | {t['wall_median_s']:.3f} | {tps[name]:.1f} | {ratio} |")
+    lines += [
+        "",
+        f"traitlab steered / plain generate: {r['steered generation: traitlab / plain generate']:.3f}x. Adding one",
+        "vector at one layer costs next to nothing in any of the three; the steered-generation differences are",
+        "within run-to-run noise.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _peers_python() -> Path:
+    py = PEERS_VENV / "bin" / "python"
+    if not (PEERS_VENV / ".installed-v1").is_file():
+        subprocess.run(["bash", str(ROOT / "benchmarks" / "setup_peers.sh"), sys.executable], check=True)
+    return py
+
+
+def run() -> dict[str, Any]:
+    """Benchmark in the peers venv; write results/peers.json and RESULTS.md; return the results."""
+    pairs = int(os.environ.get("BENCH_PEERS_PAIRS", "24"))
+    repeats = int(os.environ.get("BENCH_PEERS_REPEATS", "3"))
+    # One thread by default: on a shared machine, OpenMP threads of a 2-thread torch spin on barriers while
+    # another process holds a core, which made the same forward 2-4x slower and 2x noisier here.
+    threads = int(os.environ.get("BENCH_PEERS_THREADS", "1"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TRAITLAB_ROOT=str(ROOT))
+    env.setdefault("TRAITLAB_CACHE", str(ROOT / "outputs" / "cache"))
+    proc = subprocess.run([str(_peers_python()), str(Path(__file__).resolve()), "--worker", str(pairs), str(repeats),
+                           str(threads)],
+                          env=env, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peers benchmark worker failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["ratios"] = ratios(res)
+    from traitlab.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(RESULTS_JSON, res)
+    atomic_write_text(RESULTS_MD, render_markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        out = _worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        print(json.dumps(out))
+    else:
+        result = run()
+        print(json.dumps(result.get("ratios", {}), indent=2))
+        print(f"wrote {RESULTS_JSON} and {RESULTS_MD}")

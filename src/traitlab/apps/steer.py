@@ -1,0 +1,23 @@
+"""Hydra task of stage 2 (steer): coefficient search, baselines, ablation or re-scoring, logged to MLflow."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from traitlab.config.steer import SteerConfig
+from traitlab.pipelines.steer import run_steer
+from traitlab.tracking.callbacks import parent_run_id_from_hydra
+
+
+def task(cfg: DictConfig) -> float:
+    typed: SteerConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    res = run_steer(typed, parent_run_id=parent_run_id_from_hydra())
+    print(f"MLflow run: {res.run_id}{' (already done: skipped)' if res.skipped else ''}")
+    if res.skipped:
+        return float("nan")
+    print(res.summary_table())
+    best = res.best_layer
+    if best is not None:  # what a sweeper maximises: the best coherent trait delta
+        return float(res.per_layer[best].best["delta"])
+    trait = res.baselines.get("unsteered", {}).get("trait")
+    return float(trait) if trait is not None else float("nan")

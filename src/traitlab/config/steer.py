@@ -1,0 +1,105 @@
+"""Structured config of stage 2 (steering validation): conf/steer.yaml + the `judge/` and `steering/` groups.
+
+Top-level keys are what a researcher types most: `trait=starter/optimism`, `layers=10,12`, `mode=baseline`,
+`judge=hf_local`; `steering.*` holds the coefficient search, `judge.*` the judge backend (its keys mirror
+`traitlab.judge.factory.DEFAULTS`, which stays the one place that gives them meaning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlab.config.schema import ComponentConfig, MethodConfig, PositionConfig, TrackingConfig, TraitConfig
+from traitlab.models.loading import ModelSpec
+
+MODES = ("search", "baseline", "ablation", "rescore")
+SAMPLERS = ("adaptive", "tpe", "grid")
+
+
+@dataclass
+class JudgeConfig:
+    """conf/judge/<backend>.yaml. null model: gpt-4.1-mini (openai), the server's first model
+    (openai_compatible), smollm2_135m (hf_local: the in-process model, reused when it is the steered one)."""
+
+    backend: str = "openai"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_retries: int = 4
+    timeout_s: float = 30.0
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    concurrency: int = 8
+    min_weight: float = 0.25
+    top_logprobs: int = 20
+    scale_max: Any = "auto"            # auto | 100 | 9 (judges whose tokenizer splits numbers into digits)
+    cache_path: str | None = "default"  # default: <cache>/judge_cache.sqlite; null: in memory only
+    relevance_check: bool = False
+    prompts_dir: str | None = None
+    trait_prompt_path: str | None = None
+    batch_size: int = 16
+    perplexity_combine: str | None = None  # null | min | mean: also score coherence by perplexity
+    ppl_min: float | None = None
+    ppl_max: float | None = None
+
+
+@dataclass
+class SearchSpaceConfig:
+    """Coefficient magnitudes searched; the sign comes from steering.json's direction."""
+
+    low: float = 0.05
+    high: float = 3.0
+    relative: bool = True   # bounds in units of base = ||h_layer|| / ||v|| (else absolute coefficients)
+    log: bool = True
+
+
+@dataclass
+class StudyConfig:
+    """Optuna storage: one sqlite file per (model, trait) under outputs/studies/, one study per vector x layer."""
+
+    storage_dir: str | None = None  # null: <outputs>/studies
+    heartbeat_interval: int = 10    # s; a killed job's trials go stale after grace_period and are retried
+    grace_period: int = 30
+    max_retry: int = 2
+
+
+@dataclass
+class SteeringConfig:
+    """conf/steering/default.yaml."""
+
+    sampler: str = "adaptive"        # adaptive | tpe | grid
+    threshold: float = 77.0          # coherence >= threshold is the constraint (0-100 scale)
+    steps: int = 5                   # rounds of ask -> one batched generate -> judge -> tell
+    trials_per_step: int = 1         # candidates per layer per round (all layers x candidates in one batch)
+    start_mult: float = 0.3          # first coefficient = base * start_mult
+    up_mult: float = 1.3             # adaptive: x up_mult after a coherent round
+    down_mult: float = 0.85          # adaptive: x down_mult after an incoherent one
+    momentum: float = 0.5            # adaptive: consecutive moves the same way accelerate (0: none)
+    tpe_startup_trials: int = 4
+    search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    n_questions: int | None = 5      # first N of steering.json's questions (null: all)
+    max_new_tokens: int = 48
+    batch_size: int = 64             # generation rows (question x candidate), halves on OOM
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    prompted_system_prompt: str | None = None  # null: the trait's first positive (negative if direction<0)
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+
+@dataclass
+class SteerConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    trait: TraitConfig = field(default_factory=TraitConfig)
+    position: PositionConfig = field(default_factory=PositionConfig)
+    component: ComponentConfig = field(default_factory=ComponentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    layers: Any = "30%-60%"          # layer DSL string or list
+    mode: str = "search"             # search | baseline | ablation | rescore
+    rescore_from: str | None = None  # mode=rescore: a steer run id (null: the newest matching one)
+    seed: int = 42
+    force: bool = False
