@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup test test-fast demo bench ui lint extras clean-cache
+.PHONY: setup test test-fast demo bench ui server lint extras clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,7 @@ setup: $(STAMP)
 extras: setup
 	bash scripts/install_llama_server.sh $(BIN)/python
 	bash scripts/install_browser.sh
+	bash scripts/install_postgres.sh >/dev/null
 
 test: setup extras
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -42,6 +43,11 @@ bench: setup
 ui: setup
 	@echo "MLflow UI on http://$(HOST):$(PORT) (store: mlruns/mlflow.db)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
+
+# MLflow tracking server on PostgreSQL (scripts/tracking_server.sh documents HOST, PORT, BACKEND_URI, ...)
+server: setup
+	bash scripts/install_postgres.sh >/dev/null
+	HOST=$(HOST) PORT=$(PORT) bash scripts/tracking_server.sh
 
 lint: setup
 	$(BIN)/ruff check src tests launchers benchmarks

@@ -42,6 +42,7 @@ BATCH = 32                      # texts per forward (repeng's default)
 STEER_LAYER = 15
 STEER_COEFFICIENT = 8.0
 NEW_TOKENS = 32
+GEN_REPEATS = 9                 # generation is cheap: more runs, less noise
 STEER_PROMPT = "How do you feel about starting a new job next week?"
 
 
@@ -70,8 +71,8 @@ def _timings(jobs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str
                 outputs[name] = jobs[name]()
                 times[name]["cpu"].append(time.process_time() - c0)
                 times[name]["wall"].append(time.perf_counter() - w0)
-            if meter.peak is not None:
-                peaks[name] = max(peaks.get(name, 0), meter.peak)
+            if meter.peak is not None:  # steady state: the smallest peak (a first run also pays one-time costs)
+                peaks[name] = min(peaks.get(name, meter.peak), meter.peak)
     return times, {"outputs": outputs, "peaks": peaks}
 
 
@@ -193,12 +194,37 @@ def _worker(n_pairs: int, repeats: int, threads: int) -> dict[str, Any]:
     generate()  # warm-up
     gen_jobs = {"plain generate": generate, "traitlab": traitlab_steer, "repeng": repeng_steer,
                 "steering-vectors": sv_steer}
-    gen_times, gen_extra = _timings(gen_jobs, max(repeats, 5))
+    gen_times, gen_extra = _timings(gen_jobs, GEN_REPEATS)
     texts = {k: tok.decode(ids, skip_special_tokens=True) for k, ids in gen_extra["outputs"].items()}
 
+    # The steering mechanism alone: seconds spent inside each library's hooks during one steered generate
+    # (whole-generate timings above cannot resolve it: it is far below their run-to-run noise).
+    before = _hook_keys(model)
+
+    def traitlab_hooks() -> float:
+        with SteeringHook(model, STEER_LAYER, v, STEER_COEFFICIENT):
+            return _time_inside_hooks(model, generate, before)
+
+    def sv_hooks() -> float:
+        with sv_vector.apply(model, multiplier=STEER_COEFFICIENT):
+            return _time_inside_hooks(model, generate, before)
+
+    def repeng_hooks() -> float:
+        cm = ControlModel(model, [STEER_LAYER])
+        try:
+            cm.set_control(ControlVector(model_type="llama", directions={STEER_LAYER: v.numpy()}),
+                           STEER_COEFFICIENT)
+            return _time_inside_wrapper(model.model.layers[STEER_LAYER], generate)
+        finally:
+            cm.unwrap()
+
+    hook_us = {name: min(fn() for _ in range(GEN_REPEATS)) / NEW_TOKENS * 1e6
+               for name, fn in (("traitlab", traitlab_hooks), ("repeng", repeng_hooks),
+                                ("steering-vectors", sv_hooks))}
+
     def summary(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
-        return {k: {"cpu_median_s": statistics.median(t["cpu"]), "wall_median_s": statistics.median(t["wall"]),
-                    "wall_min_s": min(t["wall"]), "runs": len(t["wall"])} for k, t in times.items()}
+        return {k: {"cpu_min_s": min(t["cpu"]), "cpu_median_s": statistics.median(t["cpu"]),
+                    "wall_median_s": statistics.median(t["wall"]), "runs": len(t["wall"])} for k, t in times.items()}
 
     cpu = "unknown"
     with contextlib.suppress(OSError, StopIteration):
@@ -215,17 +241,84 @@ def _worker(n_pairs: int, repeats: int, threads: int) -> dict[str, Any]:
         "settings": {"model": "SmolLM2-135M-Instruct (float32, CPU)", "trait": TRAIT, "pairs": n_pairs,
                      "texts": 2 * n_pairs, "layers": n_layers, "batch_texts_per_forward": BATCH,
                      "read_position": "last token", "repeats": repeats, "steer_layer": STEER_LAYER,
-                     "steer_coefficient": STEER_COEFFICIENT, "new_tokens": NEW_TOKENS},
+                     "steer_coefficient": STEER_COEFFICIENT, "new_tokens": NEW_TOKENS,
+                     "gen_repeats": GEN_REPEATS},
         "extraction": summary(ext_times),
         "extraction_peak_rss_mib": {k: round(b / 2**20) for k, b in ext_extra["peaks"].items()},
         "generation": summary(gen_times),
-        "generation_tokens_per_cpu_s": {k: NEW_TOKENS / statistics.median(t["cpu"]) for k, t in gen_times.items()},
+        "generation_tokens_per_cpu_s": {k: NEW_TOKENS / min(t["cpu"]) for k, t in gen_times.items()},
+        "steering_overhead_us_per_token": hook_us,
         "generation_texts_identical": len(set(texts[k] for k in ("traitlab", "repeng", "steering-vectors"))) == 1,
         "generation_texts": texts,
         "agreement": {"traitlab_mean_diff_vs_steering_vectors_cosine_min": min(sv_cos),
                       "traitlab_pca_diff_vs_repeng_cosine": [round(c, 3) for c in repeng_cos],
                       "repeng_sign_flipped_layers": [i for i, c in enumerate(repeng_cos) if c < 0]},
     }
+
+
+def _hook_keys(model: Any) -> set[tuple[int, int]]:
+    return {(id(hooks), key) for module in model.modules()
+            for hooks in (module._forward_hooks, module._forward_pre_hooks) for key in hooks}
+
+
+def _time_inside_hooks(model: Any, run: Callable[[], Any], before: set[tuple[int, int]]) -> float:
+    """Run `run()` with the forward (pre-)hooks added since `before` timed; return their total seconds.
+
+    Only new hooks count: transformers 5 leaves its own output-capturing hooks on every layer once a
+    forward used output_hidden_states=True (repeng's does), and those are no library's steering cost.
+    """
+    total = [0.0]
+
+    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                total[0] += time.thread_time() - t0
+        return wrapper
+
+    saved = []
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for key in [k for k in hooks if (id(hooks), k) not in before]:
+                saved.append((hooks, key, hooks[key]))
+                hooks[key] = timed(hooks[key])
+    try:
+        run()
+    finally:
+        for hooks, key, fn in saved:
+            if key in hooks:
+                hooks[key] = fn
+    return total[0]
+
+
+def _time_inside_wrapper(wrapper: Any, run: Callable[[], Any]) -> float:
+    """repeng wraps a layer in a ControlModule: its forward time minus the wrapped block's own time."""
+    spent = {"outer": 0.0, "block": 0.0}
+    start: list[float] = []
+    inner = wrapper.block
+    # first pre-hook and last hook: any other hooks on the block (transformers' own) count as the block
+    h1 = inner.register_forward_pre_hook(lambda *a: start.append(time.thread_time()), prepend=True)
+    h2 = inner.register_forward_hook(lambda *a: spent.__setitem__("block", spent["block"] + time.thread_time()
+                                                                  - start.pop()))
+    outer_forward = wrapper.forward
+
+    def timed_forward(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.thread_time()
+        try:
+            return outer_forward(*args, **kwargs)
+        finally:
+            spent["outer"] += time.thread_time() - t0
+
+    wrapper.forward = timed_forward
+    try:
+        run()
+    finally:
+        del wrapper.forward
+        h1.remove()
+        h2.remove()
+    return spent["outer"] - spent["block"]
 
 
 def _version(dist: str, module: Any) -> str:
@@ -260,14 +353,20 @@ EXTRACTION_PAIRS = {  # peer row -> the traitlab row it is compared with (same m
 
 def ratios(res: dict[str, Any]) -> dict[str, float]:
     """Peer / traitlab median CPU seconds, same method and data: > 1 means traitlab is faster."""
-    ext, gen = res["extraction"], res["generation"]
+    ext, gen, hook = res["extraction"], res["generation"], res["steering_overhead_us_per_token"]
     out = {f"extraction: {peer} / {ours}": ext[peer]["cpu_median_s"] / ext[ours]["cpu_median_s"]
            for peer, ours in EXTRACTION_PAIRS.items()}
-    out.update({f"steered generation: {peer} / traitlab": gen[peer]["cpu_median_s"] / gen["traitlab"]["cpu_median_s"]
-                for peer in ("repeng", "steering-vectors")})
+    for peer in ("repeng", "steering-vectors"):
+        out[f"steered generation: {peer} / traitlab"] = gen[peer]["cpu_median_s"] / gen["traitlab"]["cpu_median_s"]
+        out[f"steering hook cost: {peer} / traitlab"] = hook[peer] / hook["traitlab"]
     out["steered generation: traitlab / plain generate"] = (gen["traitlab"]["cpu_median_s"]
                                                             / gen["plain generate"]["cpu_median_s"])
     return out
+
+
+def _ordered(rows: dict[str, Any], first: list[str]) -> list[tuple[str, Any]]:
+    """Rows in a reading order (the JSON file sorts its keys): `first`, then the rest as they come."""
+    return [(k, rows[k]) for k in first if k in rows] + [(k, v) for k, v in rows.items() if k not in first]
 
 
 def render_markdown(res: dict[str, Any]) -> str:
@@ -283,9 +382,9 @@ def render_markdown(res: dict[str, Any]) -> str:
         "",
         "Generated by `benchmarks/bench_peers.py` (`make bench`); raw numbers in `results/peers.json`.",
         "All three libraries ran in ONE process (benchmarks/.venv-peers, traitlab from src/) on the same model",
-        "object and torch, runs interleaved with the order rotated each round. The ratios use the median CPU",
-        f"seconds of the process with {m['torch_threads']} torch thread(s): on a shared machine wall time also",
-        "counts the time other processes held the core (wall medians are shown beside it).",
+        "object and torch, runs interleaved with the order rotated each round. Ratios use the median CPU",
+        f"seconds of the process with {m['torch_threads']} torch thread: on a shared machine wall time also counts",
+        "the time other processes held the core (wall medians are shown beside it).",
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; load average at the end "
         f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_end'])} (a machine shared with other work).",
@@ -298,13 +397,13 @@ def render_markdown(res: dict[str, Any]) -> str:
         "",
         f"{s['batch_texts_per_forward']} texts per forward unless stated; {s['repeats']} runs each.",
         "",
-        "| library | CPU s (median) | wall s (median) | wall s (min) | peak RSS added (MiB) | traitlab speed-up |",
+        "| library | CPU s (best) | CPU s (median) | wall s (median) | peak RSS added, MiB | traitlab speed-up |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, t in ext.items():
+    for name, t in _ordered(ext, ["traitlab pca_diff", "repeng pca_diff", "traitlab mean_diff"]):
         ours = EXTRACTION_PAIRS.get(name)
         ratio = f"{t['cpu_median_s'] / ext[ours]['cpu_median_s']:.2f}x" if ours else "-"
-        lines.append(f"| {name} | {t['cpu_median_s']:.2f} | {t['wall_median_s']:.2f} | {t['wall_min_s']:.2f} | "
+        lines.append(f"| {name} | {t['cpu_min_s']:.2f} | {t['cpu_median_s']:.2f} | {t['wall_median_s']:.2f} | "
                      f"{peak.get(name, '?')} | {ratio} |")
     lines += [
         "",
@@ -328,21 +427,36 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"## Steered generation: greedy, {s['new_tokens']} new tokens (forced), one prompt",
         "",
         f"The same delta ({s['steer_coefficient']} x the unit mean_diff vector) added after layer "
-        f"{s['steer_layer']} by each library, `model.generate` called the same way; {max(s['repeats'], 5)} runs "
+        f"{s['steer_layer']} by each library, `model.generate` called the same way; {s['gen_repeats']} runs "
         f"each. Identical steered text from all three: {'yes' if res['generation_texts_identical'] else 'NO'}.",
         "",
-        "| run | CPU s (median) | wall s (median) | tokens per CPU s | traitlab speed-up |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| run | CPU s (best) | CPU s (median) | wall s (median) | tokens per CPU s (best) | traitlab speed-up |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, t in gen.items():
-        ratio = (f"{t['cpu_median_s'] / gen['traitlab']['cpu_median_s']:.2f}x"
+    for name, t in _ordered(gen, ["plain generate", "traitlab", "repeng", "steering-vectors"]):
+        ratio = (f"{t['cpu_median_s'] / gen['traitlab']['cpu_median_s']:.3f}x"
                  if name in ("repeng", "steering-vectors") else "-")
-        lines.append(f"| {name} | {t['cpu_median_s']:.3f} | {t['wall_median_s']:.3f} | {tps[name]:.1f} | {ratio} |")
+        lines.append(f"| {name} | {t['cpu_min_s']:.3f} | {t['cpu_median_s']:.3f} | {t['wall_median_s']:.3f} | "
+                     f"{tps[name]:.1f} | {ratio} |")
+    hook = res["steering_overhead_us_per_token"]
     lines += [
         "",
-        f"traitlab steered / plain generate: {r['steered generation: traitlab / plain generate']:.3f}x. Adding one",
-        "vector at one layer costs next to nothing in any of the three; the steered-generation differences are",
-        "within run-to-run noise.",
+        f"traitlab steered / plain generate: {r['steered generation: traitlab / plain generate']:.3f}x. The",
+        "whole-generate timings of all four rows agree within run-to-run noise (a few %; even steered vs plain),",
+        "so the steering mechanism was also timed on its own: CPU time spent inside each library's hooks",
+        "(traitlab, steering-vectors: their forward hooks; repeng: its ControlModule wrapper minus the wrapped",
+        f"layer) per generated token, best of {s['gen_repeats']} generates:",
+        "",
+        "| library | steering overhead (us per token) | vs traitlab |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, us in _ordered(hook, ["traitlab", "repeng", "steering-vectors"]):
+        lines.append(f"| {name} | {us:.0f} | {us / hook['traitlab']:.2f}x |")
+    lines += [
+        "",
+        "traitlab's hooks do more than a plain add (pad positions are skipped, KV-cached decode steps know",
+        "their absolute position) and are still the cheapest; repeng computes the activation norm and a",
+        "position-id mask on every call. For every library this is ~0.1-0.4% of a SmolLM2 decode step here.",
         "",
     ]
     return "\n".join(lines)

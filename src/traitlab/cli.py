@@ -7,6 +7,7 @@ config errors (unknown option, unknown key) are condensed the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -99,10 +100,8 @@ def run_app(main: Callable[[], Any]) -> None:
         raise
     except BaseException as e:
         for client, run_id in open_parent_runs:
-            try:
+            with contextlib.suppress(Exception):  # reporting the original error matters more
                 client.set_terminated(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-            except Exception:  # noqa: BLE001 - reporting the original error matters more
-                pass
         sys.stderr = real_stderr
         if user_full_error:
             raise
@@ -147,10 +146,10 @@ def reject_unknown_keys(cfg: Any, prefix: str = "") -> None:
     kind = OmegaConf.get_type(cfg)
     if dataclasses.is_dataclass(kind):
         fields = [f.name for f in dataclasses.fields(kind)]
-        for key in cfg.keys():
+        for key in cfg:
             if key not in fields:
                 raise ConfigError(f"{prefix}{key}", f"unknown key; valid keys here: {', '.join(fields)}")
-    for key in cfg.keys():
+    for key in cfg:
         if key != "hydra":
             reject_unknown_keys(cfg._get_node(key), f"{prefix}{key}.")
 

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.slow
 EXP = "steer-judge"
 
 
-def steer_cfg(base_url: str, **kw) -> SteerConfig:
+def steer_cfg(base_url: str, cache: str, **kw) -> SteerConfig:
     cfg = SteerConfig(
         trait=TraitConfig(name="starter/optimism"), method=MethodConfig(name="mean_diff"), layers="10",
-        judge=JudgeConfig(backend="openai_compatible", base_url=base_url, cache_path=None, min_weight=0.1,
+        judge=JudgeConfig(backend="openai_compatible", base_url=base_url, cache_path=cache, min_weight=0.1,
                           concurrency=2, max_retries=1, backoff_s=0.2),
         steering=SteeringConfig(n_questions=2, steps=2, max_new_tokens=12,
                                 study=StudyConfig(heartbeat_interval=1, grace_period=3)),
@@ -28,10 +28,11 @@ def steer_cfg(base_url: str, **kw) -> SteerConfig:
     return cfg
 
 
-def test_search_extend_and_rescore_with_server_judge(llama_server, smollm2, mlflow_store, monkeypatch):
+def test_search_extend_and_rescore_with_server_judge(llama_server, smollm2, mlflow_store, monkeypatch, tmp_path):
+    cache = str(tmp_path / "judge_cache.sqlite")  # the later runs re-use the judge's answers, as designed
     ex = run_extract(ExtractConfig(trait=TraitConfig(name="starter/optimism"), method=MethodConfig(name="mean_diff"),
                                    layers="10", tracking=TrackingConfig(experiment=EXP)), lm=smollm2)
-    res = steer.run_steer(steer_cfg(llama_server), lm=smollm2)
+    res = steer.run_steer(steer_cfg(llama_server, cache), lm=smollm2)
     client = MlflowClient(mlflow_store)
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED"
@@ -47,7 +48,7 @@ def test_search_extend_and_rescore_with_server_judge(llama_server, smollm2, mlfl
     assert [m.step for m in base] == [10] and base[0].value == pytest.approx(res.baselines["unsteered"]["trait"])
 
     # more steps continue the same Optuna study: one new trial per layer, the first two are reused
-    more = steer.run_steer(steer_cfg(llama_server, steering=SteeringConfig(
+    more = steer.run_steer(steer_cfg(llama_server, cache, steering=SteeringConfig(
         n_questions=2, steps=3, max_new_tokens=12, study=StudyConfig(heartbeat_interval=1, grace_period=3))),
         lm=smollm2)
     assert more.run_id != res.run_id
@@ -60,7 +61,7 @@ def test_search_extend_and_rescore_with_server_judge(llama_server, smollm2, mlfl
         raise AssertionError("mode=rescore must not load the steered model")
 
     monkeypatch.setattr(steer, "load_model", no_model)
-    again = steer.run_steer(steer_cfg(llama_server, mode="rescore", rescore_from=res.run_id))
+    again = steer.run_steer(steer_cfg(llama_server, cache, mode="rescore", rescore_from=res.run_id))
     assert client.get_run(again.run_id).data.tags["traitlab.rescored_from"] == res.run_id
     before = [(r["condition"], r["question"], r["response"]) for r in res.rows]
     assert [(r["condition"], r["question"], r["response"]) for r in again.rows] == before

@@ -12,6 +12,7 @@ import pytest
 from helpers import PY, Sandbox, launch, runs, start, tiny_trait, with_fast
 
 OPENER = str(Path(__file__).with_name("store_opener.py"))
+STUDY_OPENER = str(Path(__file__).with_name("study_opener.py"))
 LOCKED = "database is locked"
 
 
@@ -76,7 +77,8 @@ def test_joblib_multirun_two_workers(tmp_path) -> None:
     box = Sandbox(tmp_path)
     trait = tiny_trait(tmp_path / "trait")
     args = with_fast(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "method=mean_diff,pca_diff",
-                      f"trait.path={trait}"], tmp_path / "sweep")
+                      f"trait.path={trait}", "hydra.job_logging.formatters.simple.format='%(process)d %(message)s'"],
+                     tmp_path / "sweep")
     proc = launch("extract", args, box.env(), timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert LOCKED not in proc.stderr and "Traceback" not in proc.stderr
@@ -87,6 +89,21 @@ def test_joblib_multirun_two_workers(tmp_path) -> None:
     assert sorted(r.data.tags["method"] for r in children) == ["mean_diff", "pca_diff"]
     assert all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parents[0].info.run_id}
-    # the two jobs really ran in two worker processes (not one after the other in this one)
-    logs = sorted((tmp_path / "sweep").glob("*/extract.log"))
-    assert len(logs) == 2
+    # the two jobs ran in two joblib worker processes, not one after the other in the launcher
+    pids = {int(line.split()[0]) for log in (tmp_path / "sweep").glob("*/extract.log")
+            for line in log.read_text().splitlines() if line[:1].isdigit()}
+    assert len(pids) == 2, pids
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="pipelines/coef_search.open_storage creates the Optuna sqlite schema without a "
+                   "file lock: parallel steering jobs of one trait (same studies/<model>/<trait>.db) crash with "
+                   "'table studies already exists' (measured 3 of 4 processes, twice); fix: FileLock(path + '.lock') "
+                   "around RDBStorage(...), as tracking/store.ensure_store does for MLflow")
+def test_fresh_study_storage_opened_by_four_processes(tmp_path) -> None:
+    go = time.time() + 8.0
+    db = tmp_path / "studies" / "trait.db"
+    procs = [subprocess.Popen([PY, STUDY_OPENER, str(db), str(go), f"p{i}"], env=Sandbox(tmp_path).env(),
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
+    outcomes = [(p.communicate(timeout=180)[0].strip().splitlines() or ["FAIL no output"])[-1] for p in procs]
+    assert outcomes == ["ok"] * 4, outcomes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -103,6 +104,22 @@ def _trials(box: Sandbox) -> list:
     return out
 
 
+def _complete_now(box: Sandbox) -> int:
+    """COMPLETE trials, read-only: opening the storage with Optuna while the job creates it would race
+    the job's own schema creation (see test_concurrency.py)."""
+    n = 0
+    for db in (box.outputs / "studies").rglob("*.db"):
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                n += con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            pass  # not created yet
+    return n
+
+
 def _chat_requests(log: Path) -> int:
     return len(re.findall(r'"POST /v1/chat/completions HTTP/1\.1" 200', log.read_text(errors="replace")))
 
@@ -114,18 +131,19 @@ def test_judge_outage_mid_study_then_resume(extracted, llama_server_process, tmp
     args = [f"trait.path={extracted[1]}", "method=mean_diff", "layers=10", "tracking.experiment=rel",
             "judge=openai_compatible", f"judge.base_url={server.base_url}", "judge.max_retries=2",
             "judge.backoff_s=0.2", "judge.max_backoff_s=0.5", "judge.concurrency=2",
-            "steering.n_questions=2", "steering.steps=3", "steering.max_new_tokens=16",
+            f"judge.cache_path={tmp_path / 'judge_cache.sqlite'}",  # cold: a shared warm cache would hide the outage
+            "steering.n_questions=2", "steering.steps=3", "steering.max_new_tokens=40",
             "steering.study.heartbeat_interval=1", "steering.study.grace_period=2", f"hydra.run.dir={tmp_path / 'h'}"]
     proc = start("steer", args, box.env())
     try:
-        # stop the server as soon as round 1 is told: round 2 then generates and finds no judge
+        # stop the server as soon as round 1 is told: round 2 then generates (seconds, 40 tokens) and finds no judge
         reached = False
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(t.state == COMPLETE for t in _trials(box)):
+            if _complete_now(box) >= 1:
                 reached = True
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert reached, f"the study never completed a trial: {proc.poll()} {proc.stderr.read()[-3000:] if proc.poll() is not None else ''}"
         server.stop()
         out, err = proc.communicate(timeout=240)

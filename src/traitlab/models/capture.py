@@ -52,7 +52,7 @@ def capture_pooled(
         resolve_span(spec, s)
     layers = list(layers)
     out: torch.Tensor | None = None
-    bar = tqdm(total=len(enc), desc=desc, disable=desc is None, leave=False)
+    bar = tqdm(total=len(enc), desc=desc, leave=False, **({"disable": True} if desc is None else {}))
 
     def run(rows: list[int]) -> list[torch.Tensor]:
         ids, mask = pad_left([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)

@@ -75,7 +75,7 @@ def generate_texts(
     lengths = [len(lm.tokenizer(t)["input_ids"]) for t in prompt_texts]
     results: list[Generation | None] = [None] * len(prompt_texts)
     batches = length_sorted_batches(lengths, batch_size)
-    bar = tqdm(total=len(prompt_texts), desc=desc, disable=desc is None, leave=False)
+    bar = tqdm(total=len(prompt_texts), desc=desc, leave=False, **({"disable": True} if desc is None else {}))
 
     def run(rows: list[int]) -> list[Generation]:
         ctx = hooks(rows) if hooks is not None else nullcontext()

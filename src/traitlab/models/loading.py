@@ -287,6 +287,18 @@ def _spec_key(spec: ModelSpec) -> str:
     return repr(sorted(asdict(spec).items()))
 
 
+def validate_spec(spec: ModelSpec) -> None:
+    """Checks that need no download or conversion, so bad settings fail before any heavy work."""
+    if not spec.id.strip():
+        raise ConfigError("model.id", "is empty; expected a Hugging Face id or a local directory (model=hf model.id=...)")
+    if spec.quantization not in QUANTIZATIONS:
+        raise ConfigError("model.quantization", f"'{spec.quantization}' is not one of {', '.join(QUANTIZATIONS)}")
+    if spec.dtype not in DTYPES:
+        raise ConfigError("model.dtype", f"'{spec.dtype}' is not one of {', '.join(DTYPES)}")
+    if spec.lora:
+        resolve_lora(spec.lora)
+
+
 def load_model(spec: ModelSpec | str | dict[str, Any], reuse: bool = True) -> LoadedModel:
     """Load (or reuse from this process) a causal LM + tokenizer ready for batched, left-padded work."""
     if isinstance(spec, str):
@@ -301,6 +313,7 @@ def load_model(spec: ModelSpec | str | dict[str, Any], reuse: bool = True) -> Lo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
+    validate_spec(spec)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     source, kwargs = _source(spec)

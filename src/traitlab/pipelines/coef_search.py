@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from filelock import FileLock
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -222,7 +223,9 @@ def open_storage(path: Path, *, heartbeat_interval: int = 10, grace_period: int 
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    with _quiet_ctx():
+    # Parallel jobs of one trait share this file: the first one creates the schema while the others wait
+    # (two processes creating it at once fail with "table studies already exists").
+    with FileLock(str(path) + ".lock"), _quiet_ctx():
         return RDBStorage(
             f"sqlite:///{path}",
             engine_kwargs={"creator": connect},

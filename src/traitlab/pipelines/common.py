@@ -25,10 +25,28 @@ from traitlab.paths import cache_dir
 log = logging.getLogger(__name__)
 
 
+def _adapter_digest(lora: str | None) -> str | None:
+    """Hash of a local LoRA adapter's files, so retraining an adapter in place invalidates its caches."""
+    if not lora:
+        return None
+    d = Path(lora).expanduser()
+    if not d.is_dir():
+        return lora
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(d.glob("adapter_*")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def model_key(lm: LoadedModel) -> str:
     s = lm.spec
-    return content_hash("model-v1", s.id, s.gguf_file, s.revision, s.quantization, s.lora, str(lm.dtype),
-                        lm.use_chat_template)
+    parts = [s.id, s.gguf_file, s.revision, s.quantization, s.lora, str(lm.dtype), lm.use_chat_template]
+    if s.lora:
+        parts.append(_adapter_digest(s.lora))
+    return content_hash("model-v1", *parts)
 
 
 def prompt_texts(lm: LoadedModel, examples: Sequence[Example]) -> list[str]:

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -109,7 +110,7 @@ class SteerResult:
         for lyr in sorted(self.per_layer):
             r = self.per_layer[lyr]
             best = r.best or {}
-            lines.append(f"| {lyr} | {r.base_coefficient:.1f} | {len(r.trials)} | "
+            lines.append(f"| {lyr} | {_fmt(r.base_coefficient)} | {len(r.trials)} | "
                          f"{sum(t['feasible'] for t in r.trials)} | {_fmt(best.get('coefficient'), '.1f')} | "
                          f"{_fmt(best.get('trait'))} | {_fmt(best.get('coherence'))} | {_fmt(best.get('delta'))} | "
                          f"{_fmt(prompted_delta)} |")
@@ -632,6 +633,16 @@ def load_response_rows(cfg: SteerConfig, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+def ablation_from_rows(rows: Sequence[dict], base: dict) -> dict[int, dict[str, float | None]]:
+    """Ablation metrics recomputed from judged rows (re-scoring an ablation run)."""
+    def scores(cond: str, layer: int) -> list[SimpleNamespace]:
+        return [SimpleNamespace(trait=r["trait_score"], coherence=r["coherence"]) for r in rows
+                if r["condition"] == cond and r["layer"] == layer]
+
+    layers = sorted({r["layer"] for r in rows if r["condition"] == "ablated" and r["layer"] is not None})
+    return {lyr: ablation_metrics(scores("ablated", lyr), scores("ablated_prompted", lyr), base) for lyr in layers}
+
+
 def rescore_rows(rows: list[dict], judge: Any, trait: TraitDataset) -> list[dict]:
     scores = judge_rows(judge, trait, [r["question"] for r in rows], [r["response"] or "" for r in rows])
     return [dict(r, trait_score=s.trait, coherence=s.coherence) for r, s in zip(rows, scores, strict=True)]
@@ -849,10 +860,15 @@ def _run_rescore(cfg: SteerConfig, prep: Prepared, parent_run_id: str | None, ju
         base = summarize_baselines(rows)
         res.baselines, res.rows = base, rows
         res.per_layer = layers_from_rows(rows, base["unsteered"]["trait"], prep.direction, cfg.steering.threshold)
-        res.layers = sorted(res.per_layer)
+        res.ablation = ablation_from_rows(rows, base)
+        res.layers = sorted(set(res.per_layer) | set(res.ablation))
         log.info("re-scored %d responses of run %s", len(rows), source.info.run_id)
         _log_baselines(run, base, res.layers or [0])
         if res.per_layer:
             _log_layers(run, res, base)
+        for lyr, m in res.ablation.items():
+            run.log_metrics({k: v for k, v in m.items() if v is not None}, step=lyr)
+        if not res.per_layer:
+            run.log_text(res.summary_table() + "\n", "steering_table.md")
         _log_rows(run, rows)
     return res
