@@ -96,10 +96,6 @@ def test_joblib_multirun_two_workers(tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="pipelines/coef_search.open_storage creates the Optuna sqlite schema without a "
-                   "file lock: parallel steering jobs of one trait (same studies/<model>/<trait>.db) crash with "
-                   "'table studies already exists' (measured 3 of 4 processes, twice); fix: FileLock(path + '.lock') "
-                   "around RDBStorage(...), as tracking/store.ensure_store does for MLflow")
 def test_fresh_study_storage_opened_by_four_processes(tmp_path) -> None:
     go = time.time() + 8.0
     db = tmp_path / "studies" / "trait.db"

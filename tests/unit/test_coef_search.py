@@ -93,6 +93,7 @@ def test_new_sampler_on_same_storage_continues_the_sequence(tmp_path):
     assert coefs(again.study) == pytest.approx(coefs(whole.study), rel=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks by hand, as a dying job did
 def test_killed_round_is_retried_once_and_nothing_is_lost(tmp_path):
     path = tmp_path / "k.db"
     k = adaptive_study(path, name="killed", target=5, momentum=0.0, heartbeat_interval=1, grace_period=1)

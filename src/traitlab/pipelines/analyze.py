@@ -62,7 +62,7 @@ from traitlab.pipelines.infer import (
     vectors_by_layer,
 )
 from traitlab.tracking.artifacts import FIGURES, TABLES, slug
-from traitlab.tracking.runs import JobRun, job_run
+from traitlab.tracking.runs import JobRun, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -586,16 +586,7 @@ def run_analyze(
     if cfg.analysis.source_run:
         tags["source_run"] = cfg.analysis.source_run
     run_name = cfg.tracking.run_name or f"analyze-{name}"
-    with job_run(
-        experiment=cfg.tracking.experiment,
-        job_key=key,
-        run_name=run_name,
-        config=asdict(cfg),
-        tags=tags,
-        parent_run_id=parent_run_id,
-        force=cfg.force,
-        uri=cfg.tracking.uri,
-    ) as run:
+    with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         if run.skipped:
             return AnalyzeResult(run.run_id, True, name)
         ctx = Context(cfg, run, vectors, lm, source)

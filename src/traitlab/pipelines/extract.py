@@ -29,7 +29,7 @@ from traitlab.io import content_hash
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.pipelines.common import model_key, pooled_activations, responses_for
 from traitlab.tracking.artifacts import save_vector, vector_dir, vector_path
-from traitlab.tracking.runs import JobRun, job_run
+from traitlab.tracking.runs import JobRun, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ def run_extract(cfg: ExtractConfig, parent_run_id: str | None = None, lm: Loaded
             "method": cfg.method.name, "component": cfg.component.name, "position": cfg.position.spec,
             "layers": ",".join(map(str, layers))}
     run_name = cfg.tracking.run_name or f"extract-{trait.name}-{cfg.method.name}-{cfg.component.name}"
-    with job_run(experiment=cfg.tracking.experiment, job_key=key, run_name=run_name, config=asdict(cfg), tags=tags,
-                 parent_run_id=parent_run_id, force=cfg.force, uri=cfg.tracking.uri) as run:
+    with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         if run.skipped:
             return ExtractResult(run.run_id, True, trait.qualified_name, layers)
         acts = _activations(lm, cfg, trait, layers)

@@ -64,7 +64,7 @@ from traitlab.paths import cache_dir, outputs_dir
 from traitlab.pipelines.common import model_key, responses_for
 from traitlab.tracking.artifacts import FIGURES, TABLES, VIEWS, slug
 from traitlab.tracking.registry import VectorRef, best_vector, fetch_vector, find_vectors, traits_with_vectors
-from traitlab.tracking.runs import JobRun, job_run
+from traitlab.tracking.runs import JobRun, job_run, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -937,16 +937,7 @@ def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id
     all_layers = list(range(lm.n_layers))
     tags = _tags(cfg, lm.name, source, vectors, [tv.layer for tv in vectors], cfg.mode)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-{cfg.mode}"
-    with job_run(
-        experiment=cfg.tracking.experiment,
-        job_key=key,
-        run_name=run_name,
-        config=asdict(cfg),
-        tags=tags,
-        parent_run_id=parent_run_id,
-        force=cfg.force,
-        uri=cfg.tracking.uri,
-    ) as run:
+    with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         result = InferResult(
             run.run_id, run.skipped, cfg.mode, sorted({tv.trait for tv in vectors}), _layers_by_trait(vectors)
         )
@@ -1166,16 +1157,7 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
     tags = _tags(cfg, model, source, vectors, [tv.layer for tv in vectors], "reproject")
     tags["capture_dir"] = str(root)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-reproject"
-    with job_run(
-        experiment=cfg.tracking.experiment,
-        job_key=key,
-        run_name=run_name,
-        config=asdict(cfg),
-        tags=tags,
-        parent_run_id=parent_run_id,
-        force=cfg.force,
-        uri=cfg.tracking.uri,
-    ) as run:
+    with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         result = InferResult(
             run.run_id,
             run.skipped,

@@ -65,7 +65,7 @@ def find_vectors(
 ) -> list[VectorRef]:
     """All extracted vectors matching the filters (newest run first), with their per-layer metrics."""
     client, exp_id = ensure_store(uri, experiment)
-    filt = [f"tags.`traitlab.stage` = 'extract'", f"tags.trait = '{_q(trait)}'", f"tags.model = '{_q(model)}'",
+    filt = ["tags.`traitlab.stage` = 'extract'", f"tags.trait = '{_q(trait)}'", f"tags.model = '{_q(model)}'",
             "attributes.status = 'FINISHED'"]
     for key, val in (("method", method), ("component", component), ("position", position)):
         if val is not None:

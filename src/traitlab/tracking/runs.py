@@ -39,8 +39,9 @@ class JobRun:
         self.client.log_metric(self.run_id, key, float(value), step=step)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
@@ -149,3 +150,12 @@ def job_run(
             client.set_terminated(jr.run_id, status="FAILED")
             raise
         client.set_terminated(jr.run_id, status="FINISHED")
+
+
+def stage_run(cfg: Any, *, job_key: str, run_name: str, tags: Mapping[str, Any],
+              parent_run_id: str | None = None):
+    """`job_run` for a stage config (anything with .tracking, .force and dataclass fields)."""
+    from dataclasses import asdict
+
+    return job_run(experiment=cfg.tracking.experiment, job_key=job_key, run_name=run_name, config=asdict(cfg),
+                   tags=tags, parent_run_id=parent_run_id, force=cfg.force, uri=cfg.tracking.uri)
