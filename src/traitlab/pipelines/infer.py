@@ -968,17 +968,17 @@ def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id
         if tracker is not None and tracker.n_tokens:
             calibration = _store_tracker(cal_path, tracker, lm.name, mkey, inf.component)
             dims = detect_massive_dims(record_max_abs(calibration), inf.massive.ratio)
-        result.records, result.massive_dims = records, dims
-        result.first_page = _log_outputs(
-            run,
-            records,
-            title=f"{source.name} · {lm.name} · {inf.score_mode}",
-            max_figures=inf.max_figure_prompts,
-            calibration=calibration,
-            ratio=inf.massive.ratio,
-        )
-        result.artifact_uri = _artifact_uri(run)
-        return result
+        return _finish(result, run, records, dims, inf, calibration, title=f"{source.name} · {lm.name} · {inf.score_mode}")
+
+
+def _finish(result: InferResult, run: JobRun, records: list, dims: Any, inf: Any, calibration: Any, *,
+            title: str) -> InferResult:
+    """Log the views of a scored run and fill in the result's pointers to them."""
+    result.records, result.massive_dims = records, dims
+    result.first_page = _log_outputs(run, records, title=title, max_figures=inf.max_figure_prompts,
+                                     calibration=calibration, ratio=inf.massive.ratio)
+    result.artifact_uri = _artifact_uri(run)
+    return result
 
 
 def _store_tracker(
@@ -1209,17 +1209,7 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
                     clean_massive=inf.clean_massive,
                 )
             )
-        result.records, result.massive_dims = records, dims
-        result.first_page = _log_outputs(
-            run,
-            records,
-            title=f"{source.name} · {model} · {inf.score_mode} (reprojected)",
-            max_figures=inf.max_figure_prompts,
-            calibration=calibration,
-            ratio=inf.massive.ratio,
-        )
-        result.artifact_uri = _artifact_uri(run)
-        return result
+        return _finish(result, run, records, dims, inf, calibration, title=f"{source.name} · {model} · {inf.score_mode} (reprojected)")
 
 
 def _load_capture(root: Path, entry: dict[str, Any], layers: Sequence[int]) -> dict[int, Tensor]:
