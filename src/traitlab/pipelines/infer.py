@@ -938,9 +938,7 @@ def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id
     tags = _tags(cfg, lm.name, source, vectors, [tv.layer for tv in vectors], cfg.mode)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-{cfg.mode}"
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
-        result = InferResult(
-            run.run_id, run.skipped, cfg.mode, sorted({tv.trait for tv in vectors}), _layers_by_trait(vectors)
-        )
+        result = _new_result(run, cfg.mode, vectors)
         if run.skipped:
             result.first_page, result.artifact_uri = _first_page_of(run), _artifact_uri(run)
             return result
@@ -969,6 +967,11 @@ def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id
             calibration = _store_tracker(cal_path, tracker, lm.name, mkey, inf.component)
             dims = detect_massive_dims(record_max_abs(calibration), inf.massive.ratio)
         return _finish(result, run, records, dims, inf, calibration, title=f"{source.name} · {lm.name} · {inf.score_mode}")
+
+
+def _new_result(run: JobRun, mode: str, vectors: Sequence[Any], **extra: Any) -> InferResult:
+    return InferResult(run.run_id, run.skipped, mode, sorted({tv.trait for tv in vectors}), _layers_by_trait(vectors),
+                       **extra)
 
 
 def _finish(result: InferResult, run: JobRun, records: list, dims: Any, inf: Any, calibration: Any, *,
@@ -1042,14 +1045,7 @@ def _run_capture(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_i
         force=force,
         uri=cfg.tracking.uri,
     ) as run:
-        result = InferResult(
-            run.run_id,
-            run.skipped,
-            "capture",
-            sorted({tv.trait for tv in vectors}),
-            _layers_by_trait(vectors),
-            capture_dir=str(root),
-        )
+        result = _new_result(run, "capture", vectors, capture_dir=str(root))
         if run.skipped:
             return result
         items = source.items if source.given_responses else fill_responses(lm, source.items, inf, cfg.seed)
@@ -1158,14 +1154,7 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
     tags["capture_dir"] = str(root)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-reproject"
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
-        result = InferResult(
-            run.run_id,
-            run.skipped,
-            "reproject",
-            sorted({tv.trait for tv in vectors}),
-            _layers_by_trait(vectors),
-            capture_dir=str(root),
-        )
+        result = _new_result(run, "reproject", vectors, capture_dir=str(root))
         if run.skipped:
             result.first_page, result.artifact_uri = _first_page_of(run), _artifact_uri(run)
             return result
