@@ -24,6 +24,7 @@ from traitlab.core.metrics import accuracy, effect_size, polarity_correct
 from traitlab.core.positions import parse_position
 from traitlab.core.vecmath import batch_cosine_similarity, pairwise_cosine_matrix
 from traitlab.data import TraitDataset, load_trait, resolve_trait_dir
+from traitlab.data.splits import split_indices
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
 from traitlab.models.loading import LoadedModel, load_model
@@ -63,20 +64,6 @@ def validate_inputs(cfg: ExtractConfig) -> TraitDataset:
     if cfg.layers != "all":
         parse_layers(cfg.layers, 10_000)  # syntax now; the range once the model's depth is known
     return trait
-
-
-def split_indices(n_pos: int, n_neg: int, val_split: float, seed: int, paired: bool) -> dict[str, torch.Tensor]:
-    """Seeded shuffled split; pairs stay together so a prompt never sits on both sides."""
-    g = torch.Generator().manual_seed(seed)
-
-    def one(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        perm = torch.randperm(n, generator=g)
-        n_val = max(1, round(n * val_split)) if n >= 4 else 0
-        return perm[n_val:], perm[:n_val]
-
-    tp, vp = one(n_pos)
-    tn, vn = (tp, vp) if paired and n_pos == n_neg else one(n_neg)
-    return {"train_pos": tp, "val_pos": vp, "train_neg": tn, "val_neg": vn}
 
 
 def _separation(pos: torch.Tensor, neg: torch.Tensor, v: torch.Tensor, prefix: str) -> dict[str, float]:
