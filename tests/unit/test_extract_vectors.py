@@ -43,7 +43,7 @@ def test_val_accuracy_uses_the_threshold_fit_on_train():
     assert metrics[0]["val_accuracy"] == pytest.approx(0.5)
 
 
-def test_undefined_effect_size_is_nan_and_never_picks_the_best_layer():
+def test_undefined_effect_size_is_nan_and_never_picks_the_best_layer(caplog):
     # One held-out pair: Cohen's d has no degrees of freedom. Layer 0 carries no signal, layer 1 does.
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(10, 2, D, generator=g) * 0.1
@@ -57,6 +57,9 @@ def test_undefined_effect_size_is_nan_and_never_picks_the_best_layer():
     assert all(math.isnan(metrics[lyr]["val_effect_size"]) for lyr in (0, 1))
     result = ExtractResult("r", False, "t", [0, 1], metrics)
     assert result.best_layer is None  # no layer is "best" on undefined values
+    assert fits.best_layer is None
+    assert "held-out split has 1 positive and 1 negative examples" in caplog.text
+    assert "no layer has a defined val_effect_size" in caplog.text
 
 
 def test_random_baseline_and_gradient_get_a_different_seed_per_layer():

@@ -94,7 +94,9 @@ def test_folds_score_every_training_pair_once_and_respect_groups(tmp_path):
     assert sorted(len(f["val_pos"]) for f in folds) == [6, 6, 6, 9]
 
 
-def test_folds_need_two_groups():
-    split = split_indices(3, 3, 0.1, seed=0, paired=True)
+def test_folds_need_two_groups_and_shrink_to_leave_one_group_out():
+    split = split_indices(3, 3, 0.1, seed=0, paired=True)  # under 4 pairs: nothing held out, all 3 train
     with pytest.raises(ConfigError, match="extraction.cv_folds"):
         fold_indices(split, 5, seed=0, paired=True, groups=([0, 0, 0], [0, 0, 0]))
+    folds = fold_indices(split, 5, seed=0, paired=True)
+    assert sorted(f["val_pos"].tolist() for f in folds) == [[0], [1], [2]]

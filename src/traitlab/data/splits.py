@@ -9,6 +9,7 @@ pos_i and neg_i together and aligned (train_pos[k] pairs with train_neg[k]).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from traitlab.errors import ConfigError
 if TYPE_CHECKING:
     from traitlab.data.traits import TraitDataset
 
+log = logging.getLogger(__name__)
 Split = dict[str, torch.Tensor]
 Groups = tuple[Sequence[int], Sequence[int]]
 
@@ -129,9 +131,13 @@ def fold_indices(split: Split, k: int, seed: int, paired: bool, groups: Groups |
     tp, tn = set(split["train_pos"].tolist()), set(split["train_neg"].tolist())
     keep = {j for j, u in enumerate(units) if (u[1] is not None and u[1] in tp) or (u[2] is not None and u[2] in tn)}
     shuffled = _shuffled_groups(units, keep, seed)
+    if len(shuffled) < 2:
+        raise ConfigError("extraction.cv_folds", f"cross-validation needs at least 2 training prompt groups, found "
+                                                 f"{len(shuffled)}; set extraction.cv_folds=0 or add pairs")
     if len(shuffled) < k:
-        raise ConfigError("extraction.cv_folds", f"{k} folds need at least {k} training prompt groups, "
-                                                 f"found {len(shuffled)}; lower cv_folds or add pairs")
+        log.warning("%d training prompt groups for %d folds: leave-one-group-out (%d folds)", len(shuffled), k,
+                    len(shuffled))
+        k = len(shuffled)
     folds: list[list[int]] = [[] for _ in range(k)]
     for members in sorted(shuffled, key=len, reverse=True):  # stable: equal sizes keep the seeded order
         min(folds, key=len).extend(members)
