@@ -88,3 +88,13 @@ def test_labels_shuffled_within_pairs_fall_to_chance(data, mean_diff):
     assert null["cv_accuracy_hi"] < mean_diff.metrics[best]["cv_accuracy_lo"]
     assert null["val_accuracy_lo"] < 0.5 < null["val_accuracy_hi"]
     assert abs(null["cv_effect_size"]) < 0.5
+
+
+def test_trait_diagnostics_at_the_best_layer(smollm2, mean_diff):
+    from traitlab.pipelines.extract import trait_diagnostics
+
+    d = trait_diagnostics(TRAIT, lm=smollm2)
+    assert d["layer"] == mean_diff.best_layer
+    assert d["agreement"] == pytest.approx(mean_diff.metrics[mean_diff.best_layer]["diag_agreement"])
+    # optimism's two sides are about equally long (31 vs 30 tokens): no length confound to report
+    assert 0.9 < d["length_ratio"] < 1.1 and abs(d["length_cos"]) < 0.3

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from traitlab import faults
-from traitlab.config.schema import ExtractConfig
+from traitlab.config.schema import ExtractConfig, MethodConfig, TraitConfig
 from traitlab.core.components import COMPONENTS, component_dim
 from traitlab.core.diagnostics import confound_warnings, length_stats
 from traitlab.core.evaluation import fit_and_score
@@ -295,6 +295,22 @@ def fit_trait(cfg: ExtractConfig, lm: LoadedModel | None = None, trait: TraitDat
     folds = fold_indices(split, ex.cv_folds, cfg.seed, trait.paired, trait_groups(trait)) if ex.cv_folds else None
     return extract_vectors(acts, layers, cfg.method.name, dict(cfg.method.kwargs), split, cfg.seed, folds=folds,
                            lengths=lengths, paired=trait.paired, n_boot=ex.n_bootstrap)
+
+
+def trait_diagnostics(trait: str, layer: int | None = None, *, method: str = "mean_diff",
+                      lm: LoadedModel | None = None, **cfg: Any) -> dict[str, float]:
+    """Pre-flight diagnostics and held-out metrics of a trait at a layer (None: its best layer), no MLflow.
+
+    e.g. `trait_diagnostics("starter/sycophancy")` -> {"layer": 15, "agreement": 0.62, "separation": 5.96,
+    "length_ratio": 0.50, ..., "cv_accuracy": 1.0, ...}; `cfg` sets other ExtractConfig fields.
+    """
+    ex = fit_trait(ExtractConfig(trait=TraitConfig(name=trait), method=MethodConfig(name=method), **cfg), lm)
+    layer = ex.best_layer if layer is None else layer
+    if layer is None or layer not in ex.metrics:
+        raise ConfigError("layers", f"no layer {layer} among the extracted layers {ex.layers}")
+    m = ex.metrics[layer]
+    held_out = {k: v for k, v in m.items() if k.startswith(("cv_", "val_", "ood_"))}
+    return {"layer": float(layer), **ex.diagnostics(layer), **held_out}
 
 
 def run_extract(cfg: ExtractConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None) -> ExtractResult:
