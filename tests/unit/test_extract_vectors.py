@@ -80,11 +80,14 @@ def test_method_metadata_is_kept_per_layer():
     pos = torch.randn(20, 2, D, generator=g) + 1.0
     neg = torch.randn(20, 2, D, generator=g)
     split = split_indices(20, 20, 0.2, seed=0, paired=True)
-    fits = extract_vectors({"positive": pos, "negative": neg}, [3, 4], "probe", {"max_iter": 1}, split, seed=0)
+    fits = extract_vectors({"positive": pos, "negative": neg}, [3, 4], "gradient", {"steps": 2}, split, seed=0)
     metrics = fits.metrics
     for lyr in (3, 4):
-        assert metrics[lyr]["method_converged"] == 0.0  # one lbfgs iteration cannot converge
-        assert metrics[lyr]["method_n_iter"] == 1.0
+        assert metrics[lyr]["method_converged"] == 0.0  # two Adam steps cannot converge
+        assert metrics[lyr]["method_n_iter"] == 2.0
+        assert metrics[lyr]["method_shrinkage"] == 0.5
+    assert fits.method_metadata[3]["converged"] is False
+    assert any("gradient did not converge at layers 3,4" in w for w in fits.warnings)
 
 
 def _planted(n: int = 40, layers: int = 3, strong: int = 1, seed: int = 3):
