@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.IGNORECASE)
+# `token` only as a word of the key (hf_token, access-token, token): max_new_tokens and tokenizer are settings.
+_SECRET_KEY = re.compile(r"(api[_-]?key|(^|[_-])token($|[_-])|secret|password|passwd|credential|auth)", re.IGNORECASE)
 _SECRET_ENV = ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ANTHROPIC_API_KEY")
 
 
