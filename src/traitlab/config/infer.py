@@ -32,7 +32,7 @@ class InferenceConfig:
     component: str = "residual"  # vectors of this component are projected
     method: str | None = None  # only vectors of this method (null: the best one's)
     position: str | None = None  # only vectors extracted at this position (null: any)
-    batch_size: int = 8  # prefill batch (length-sorted, halves on OOM)
+    batch_size: Any = 8  # prefill batch (length-sorted, halves on OOM); auto: measured once per job
     max_length: int = 1024
     max_prompts: int | None = None  # first N prompts of the set (null: all)
     max_figure_prompts: int = 40  # PNG figures for the first N prompts (HTML + JSON for all)

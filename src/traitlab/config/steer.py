@@ -10,38 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from traitlab.config.schema import ComponentConfig, MethodConfig, PositionConfig, TrackingConfig, TraitConfig
+from traitlab.config.schema import (
+    ComponentConfig,
+    JudgeConfig,
+    MethodConfig,
+    PositionConfig,
+    TrackingConfig,
+    TraitConfig,
+)
 from traitlab.models.loading import ModelSpec
 
 MODES = ("search", "baseline", "ablation", "rescore")
 SAMPLERS = ("adaptive", "tpe", "grid")
-
-
-@dataclass
-class JudgeConfig:
-    """conf/judge/<backend>.yaml. null model: gpt-4.1-mini (openai), the server's first model
-    (openai_compatible), smollm2_135m (hf_local: the in-process model, reused when it is the steered one)."""
-
-    backend: str = "openai"
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None
-    max_retries: int = 4
-    timeout_s: float = 30.0
-    backoff_s: float = 1.0
-    max_backoff_s: float = 30.0
-    concurrency: int = 8
-    min_weight: float = 0.25
-    top_logprobs: int = 20
-    scale_max: Any = "auto"            # auto | 100 | 9 (judges whose tokenizer splits numbers into digits)
-    cache_path: str | None = "default"  # default: <cache>/judge_cache.sqlite; null: in memory only
-    relevance_check: bool = False
-    prompts_dir: str | None = None
-    trait_prompt_path: str | None = None
-    batch_size: int = 16
-    perplexity_combine: str | None = None  # null | min | mean: also score coherence by perplexity
-    ppl_min: float | None = None
-    ppl_max: float | None = None
 
 
 @dataclass
@@ -80,7 +60,7 @@ class SteeringConfig:
     search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     n_questions: int | None = 5      # first N of steering.json's questions (null: all)
     max_new_tokens: int = 48
-    batch_size: int = 64             # generation rows (question x candidate), halves on OOM
+    batch_size: Any = 64             # generation rows (question x candidate), halves on OOM; auto: measured
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0

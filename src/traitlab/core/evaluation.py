@@ -63,6 +63,22 @@ def _cross_validated(method: ExtractionMethod, pos: Tensor, neg: Tensor, folds: 
                            n_boot=n_boot)
 
 
+def score_vector(v: Tensor, pos: Tensor, neg: Tensor, split: Split, *, seed: int, paired: bool,
+                 n_boot: int = 1000) -> dict[str, float]:
+    """A given vector's train_accuracy and val_ metrics, the threshold fit on the split's train scores.
+
+    What `fit_and_score` reports for the vector it fits; used alone to re-score a vector changed after fitting
+    (e.g. normalised across traits) on the same held-out rows.
+    """
+    tr_p, tr_n = batch_cosine_similarity(pos[split["train_pos"]], v), batch_cosine_similarity(neg[split["train_neg"]], v)
+    thr = midpoint_threshold(tr_p, tr_n)
+    m = {"train_accuracy": accuracy(tr_p, tr_n, thr)}
+    m.update(_prefixed("val_", heldout_metrics(
+        batch_cosine_similarity(pos[split["val_pos"]], v), batch_cosine_similarity(neg[split["val_neg"]], v), thr,
+        paired=paired, seed=derive_seed(seed, 1), n_boot=n_boot)))
+    return m
+
+
 def fit_and_score(method: ExtractionMethod, pos: Tensor, neg: Tensor, split: Split, *, seed: int, paired: bool,
                   folds: Sequence[Split] | None = None, ood: tuple[Tensor, Tensor] | None = None,
                   lengths: tuple[Tensor, Tensor] | None = None, n_boot: int = 1000) -> LayerFit:
@@ -75,10 +91,7 @@ def fit_and_score(method: ExtractionMethod, pos: Tensor, neg: Tensor, split: Spl
     """
     tr_p, tr_n = pos[split["train_pos"]], neg[split["train_neg"]]
     v, thr, meta = _fit(method, tr_p, tr_n, derive_seed(seed, 0))
-    m = {"train_accuracy": accuracy(batch_cosine_similarity(tr_p, v), batch_cosine_similarity(tr_n, v), thr)}
-    m.update(_prefixed("val_", heldout_metrics(
-        batch_cosine_similarity(pos[split["val_pos"]], v), batch_cosine_similarity(neg[split["val_neg"]], v), thr,
-        paired=paired, seed=derive_seed(seed, 1), n_boot=n_boot)))
+    m = score_vector(v, pos, neg, split, seed=seed, paired=paired, n_boot=n_boot)
     if ood is not None:
         # OOD sets are compared as groups (their counts may differ): resample each side on its own.
         m.update(_prefixed("ood_", heldout_metrics(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from traitlab.errors import ConfigError
+from traitlab.io import content_hash
 from traitlab.judge.base import Scorer
 from traitlab.judge.cache import ScoreCache
 
@@ -33,7 +34,10 @@ DEFAULTS: dict[str, Any] = {
     "ppl_min": None,
     "ppl_max": None,
 }
-_IGNORED = {"_target_", "name"}  # Hydra bookkeeping keys a config group may carry
+_IGNORED = {"_target_", "name"}
+# Judge settings that change a score (retries, timeouts, concurrency and cache location do not).
+JUDGE_SEMANTIC = ("backend", "model", "base_url", "min_weight", "top_logprobs", "scale_max", "relevance_check",
+                  "perplexity_combine", "ppl_min", "ppl_max")  # Hydra bookkeeping keys a config group may carry
 
 
 def _cache(path: Any) -> ScoreCache:
@@ -100,3 +104,24 @@ def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Sc
         ppl = PerplexityCoherence(ppl_model, batch_size=int(c["batch_size"]), cache=cache, **ppl_kwargs)
         return CombinedScorer(judge, ppl, mode=str(c["perplexity_combine"]))
     return judge
+
+
+def build_judge(jcfg: Mapping[str, Any], lm: Any = None) -> Scorer:
+    """The judge; an in-process judge (or perplexity scorer) reuses the loaded model when it is the same one."""
+    same = lm is not None and (jcfg["backend"] != "hf_local" or (jcfg.get("model") or "smollm2_135m") == lm.name)
+    return make_judge(jcfg, model=lm if same else None)
+
+
+def judge_identity(jcfg: Mapping[str, Any], trait: Any) -> str:
+    """Hash of everything that changes a judge score of `trait` (a TraitDataset): semantic settings and the
+    prompt texts used."""
+    from traitlab.judge.prompts import resolve_template
+
+    spec = trait.steering
+    texts = [resolve_template("trait_score", eval_prompt=spec.eval_prompt if spec else None,
+                              trait_prompt_path=jcfg.get("trait_prompt_path"), prompts_dir=jcfg.get("prompts_dir"),
+                              trait=trait.qualified_name).text,
+             resolve_template("coherence", prompts_dir=jcfg.get("prompts_dir")).text]
+    if jcfg.get("relevance_check"):
+        texts.append(resolve_template("relevance", prompts_dir=jcfg.get("prompts_dir")).text)
+    return content_hash("judge-id-v1", {k: jcfg.get(k) for k in JUDGE_SEMANTIC}, texts, trait.definition or "")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from traitlab.errors import ModelError
+from traitlab.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -249,3 +249,44 @@ def auto_batch_size(
     log.info("auto batch size: %d (max %d, budget %s MiB)", good, max_size,
              "?" if budget is None else f"{budget / 2**20:.0f}")
     return good
+
+
+# ------------------------------------------------------------------------------- `batch_size=auto`
+
+AUTO = "auto"
+
+
+def check_batch_size(value: Any, key: str) -> None:
+    """A batch size setting is a positive int or `auto`; anything else fails naming the config key."""
+    if isinstance(value, str) and value.lower() == AUTO:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"{value!r}: expected a positive integer or auto (measured once per job)")
+
+
+def resolve_batch_size(value: Any, lm: Any, texts: Sequence[str], *, key: str, new_tokens: int = 0,
+                       max_size: int | None = None) -> int:
+    """The batch size to use for a job: `value` itself, or for `auto` the largest size that fits, measured once.
+
+    The probe is a real forward of the model on copies of the longest text (extended by `new_tokens` for
+    generation, whose KV cache grows to that length), keeping the logits of one position only, as generation
+    and capture do. The size never exceeds `max_size` (default: the number of texts, since a larger batch
+    would never be filled) nor 1024.
+    """
+    check_batch_size(value, key)
+    if not (isinstance(value, str) and value.lower() == AUTO):
+        return int(value)
+    if not texts:
+        return 1
+    tok = lm.tokenizer
+    ids = max((tok(t)["input_ids"] for t in texts), key=len)
+    ids = (list(ids) * (1 + new_tokens // max(1, len(ids)) + 1))[:len(ids) + new_tokens]
+    row = torch.tensor([ids], dtype=torch.long, device=lm.device)
+
+    @torch.inference_mode()
+    def probe(b: int) -> None:
+        lm.model(input_ids=row.expand(b, -1), use_cache=new_tokens > 0, logits_to_keep=1)
+
+    size = auto_batch_size(probe, max_size=max(1, min(max_size or len(texts), 1024)), device=lm.device)
+    log.info("%s=auto: %d rows per batch (measured on %d-token rows on %s)", key, size, len(ids), lm.device)
+    return size

@@ -18,7 +18,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from traitlab.core.layers import parse_layers
 from traitlab.core.vecmath import pairwise_cosine_matrix, pca
 from traitlab.errors import ConfigError
 from traitlab.io import atomic_write_json, content_hash, read_json
+from traitlab.models.batching import check_batch_size
 from traitlab.models.encoding import pad_id_of
 from traitlab.models.loading import LoadedModel, ModelSpec, load_model
 from traitlab.pipelines.common import model_key
@@ -53,6 +54,7 @@ from traitlab.pipelines.infer import (
     encode_items,
     fill_responses,
     load_source,
+    measured_batch_sizes,
     project_encoded,
     resolve_traits,
     response_scores,
@@ -534,6 +536,8 @@ def validate(cfg: AnalyzeConfig) -> None:
     if name not in ANALYSES:
         raise ConfigError("analysis", f"{name!r} is not one of {', '.join(ANALYSES)}")
     check_score_mode(cfg.inference.score_mode)
+    check_batch_size(cfg.inference.batch_size, "inference.batch_size")
+    check_batch_size(cfg.inference.generation.batch_size, "inference.generation.batch_size")
     trait_list(cfg.traits)
     parse_layers(cfg.layers, 10_000, best=5_000)
     a = cfg.analysis
@@ -558,6 +562,8 @@ def run_analyze(
     source = load_source(cfg.prompt_set, cfg.responses, cfg.inference.max_prompts) if fresh else None
     if lm is None and (name in _NEEDS_MODEL or fresh):
         lm = load_model(cfg.variant_a if name == "model_diff" else cfg.model)
+    if lm is not None and source is not None:
+        cfg = replace(cfg, inference=measured_batch_sizes(cfg.inference, lm, source.items))
     tracking = {"experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
     traits = resolve_traits(cfg.traits, cfg.model.name, **tracking)
     n_layers, dim = _n_layers_and_dim(cfg, lm)

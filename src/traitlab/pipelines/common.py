@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -16,6 +17,7 @@ from traitlab.config.schema import GenerationConfig
 from traitlab.data import Example
 from traitlab.errors import DataError
 from traitlab.io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
+from traitlab.models.batching import resolve_batch_size
 from traitlab.models.capture import TextPair, capture_pooled
 from traitlab.models.chat import format_prompt
 from traitlab.models.generation import generate_texts
@@ -114,3 +116,22 @@ def pooled_activations(
         faults.maybe_fail("capture")
         save_tensors(path, {"acts": acts}, {"position": position, "component": component})
     return acts
+
+
+def with_measured_batch_sizes(section: Any, lm: LoadedModel, prompts: Sequence[str], *, prefix: str,
+                              max_rows: int | None = None) -> Any:
+    """A copy of a config section (inference, steering) whose `auto` batch sizes (`batch_size`,
+    `generation.batch_size`) are measured once, on the longest of `prompts` plus the tokens to be generated.
+
+    `max_rows`: the most rows one batch can hold in this job (default: one per prompt).
+    """
+    changes: dict[str, Any] = {}
+    gen = getattr(section, "generation", None)
+    new_tokens = gen.max_new_tokens if gen is not None else int(getattr(section, "max_new_tokens", 0))
+    if gen is not None and isinstance(gen.batch_size, str):
+        changes["generation"] = replace(gen, batch_size=resolve_batch_size(
+            gen.batch_size, lm, prompts, key=f"{prefix}.generation.batch_size", new_tokens=new_tokens))
+    if isinstance(section.batch_size, str):
+        changes["batch_size"] = resolve_batch_size(section.batch_size, lm, prompts, key=f"{prefix}.batch_size",
+                                                   new_tokens=new_tokens, max_size=max_rows)
+    return replace(section, **changes) if changes else section

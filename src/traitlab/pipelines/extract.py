@@ -1,8 +1,8 @@
 """Stage 1: contrasting examples -> one unit trait vector per layer, with held-out metrics, in MLflow.
 
-Flow: validate inputs (before the model loads) -> responses (given or generated, cached) -> one prefill
-pass pooling the position inside the hooks (cached, so a sweep over methods/layers runs the model once)
--> seeded train/val split by prompt group (data.splits) and k-fold CV over the training pairs -> method per
+Flow: validate inputs (before the model loads) -> responses (given or generated, cached), vetted by a judge
+when on, a reference set in place of negatives when set (pipelines.trait_data) -> one prefill pass pooling
+the position inside the hooks (cached, so a sweep over methods/layers runs the model once) -> seeded train/val split by prompt group (data.splits) and k-fold CV over the training pairs -> method per
 layer, seeded per layer -> held-out metrics with 95% intervals and pre-flight diagnostics (core.evaluation)
 -> vectors, `layer/<metric>` series, `best/<metric>` summaries and figures to MLflow.
 """
@@ -30,12 +30,21 @@ from traitlab.core.methods import derive_seed, get_method
 from traitlab.core.metrics import argmax_finite
 from traitlab.core.positions import parse_position
 from traitlab.core.vecmath import pairwise_cosine_matrix
-from traitlab.data import TraitDataset, load_trait, resolve_trait_dir
+from traitlab.data import TraitDataset
 from traitlab.data.splits import fold_indices, trait_groups, trait_split
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
+from traitlab.judge.vetting import VettingOutcome
 from traitlab.models.loading import LoadedModel, load_model
-from traitlab.pipelines.common import model_key, pooled_activations, responses_for
+from traitlab.pipelines.common import model_key
+from traitlab.pipelines.trait_data import (
+    check_normalize_settings,
+    check_trait_settings,
+    load_trait_for,
+    prepare_trait_data,
+    table_columns,
+    vetting_key,
+)
 from traitlab.tracking.artifacts import save_vector, vector_dir, vector_path
 from traitlab.tracking.names import best_metric, layer_metric
 from traitlab.tracking.runs import JobRun, stage_run
@@ -62,6 +71,9 @@ class Extraction:
     counts: dict[str, int]  # n_train_pos, n_val_pos, n_cv_pos, n_ood_pos, ... (the same at every layer)
     data_stats: dict[str, float] = field(default_factory=dict)  # response-length stats of the pairs
     warnings: list[str] = field(default_factory=list)
+    reference: str | None = None  # the reference set the trait was contrasted with (no negatives of its own)
+    vetting: VettingOutcome | None = None
+    batch_sizes: dict[str, int] = field(default_factory=dict)  # `auto` batch sizes as resolved for this job
 
     @property
     def best_layer(self) -> int | None:
@@ -91,8 +103,9 @@ class ExtractResult:
 
 
 def validate_inputs(cfg: ExtractConfig) -> TraitDataset:
-    """Everything checkable without the model: trait files, position DSL, component, method, split."""
-    trait = load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
+    """Everything checkable without the model: trait files (and reference set), position DSL, component, method,
+    split, batch sizes, vetting (thresholds, definition, a reachable judge)."""
+    trait, _ = load_trait_for(cfg)
     parse_position(cfg.position.spec)
     if cfg.component.name not in COMPONENTS:
         raise ConfigError("component", f"'{cfg.component.name}' is not one of {', '.join(COMPONENTS)}")
@@ -104,8 +117,8 @@ def validate_inputs(cfg: ExtractConfig) -> TraitDataset:
         raise ConfigError("extraction.cv_folds", f"{ex.cv_folds}: expected 0 (off) or at least 2 folds")
     if ex.n_bootstrap < 100:
         raise ConfigError("extraction.n_bootstrap", f"{ex.n_bootstrap}: expected at least 100 resamples")
-    if not trait.negative:
-        raise ConfigError("trait", f"{trait.path} has no negative examples; extraction needs contrasting pairs")
+    check_trait_settings(cfg, trait)
+    check_normalize_settings(cfg)
     if ex.cv_folds:  # enough prompt groups for the folds, checked before the model loads
         fold_indices(trait_split(trait, ex.val_split, cfg.seed), ex.cv_folds, cfg.seed, trait.paired,
                      trait_groups(trait))
@@ -118,26 +131,8 @@ def job_key(cfg: ExtractConfig, trait: TraitDataset, lm_key: str, layers: list[i
     ex = cfg.extraction
     return content_hash("extract-v2", lm_key, trait.fingerprint(), cfg.position.spec, cfg.component.name,
                         cfg.method.name, dict(cfg.method.kwargs), layers, cfg.seed, ex.val_split, ex.cv_folds,
-                        ex.n_bootstrap, asdict(ex.generation), ex.use_provided_responses, ex.max_length)
-
-
-def trait_activations(lm: LoadedModel, cfg: ExtractConfig, trait: TraitDataset,
-                      layers: list[int]) -> tuple[Acts, dict[str, torch.Tensor]]:
-    """Pooled activations [N, L, D] and response lengths in tokens [N] per polarity present in the trait."""
-    ex = cfg.extraction
-    acts, lengths = {}, {}
-    for name in ("positive", "negative", "ood_positive", "ood_negative"):
-        examples = getattr(trait, name)
-        if not examples:
-            continue
-        responses = responses_for(lm, examples, ex.generation, cfg.seed, ex.use_provided_responses,
-                                  desc=f"generate {name}")
-        acts[name] = pooled_activations(lm, examples, responses, position=cfg.position.spec,
-                                        component=cfg.component.name, layers=layers, batch_size=ex.batch_size,
-                                        max_length=ex.max_length, desc=f"capture {name}")
-        lengths[name] = torch.tensor([len(ids) for ids in lm.tokenizer(list(responses), add_special_tokens=False)
-                                      ["input_ids"]], dtype=torch.float64)
-    return acts, lengths
+                        ex.n_bootstrap, asdict(ex.generation), ex.use_provided_responses, ex.max_length,
+                        ex.reference, vetting_key(cfg, trait))
 
 
 def _counts(acts: Acts, split: dict[str, torch.Tensor], folds: list[dict[str, torch.Tensor]] | None) -> dict[str, int]:
@@ -220,12 +215,14 @@ def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: Loade
     for layer in layers:  # per-layer series: layer/<metric>, step = layer
         run.log_metrics(_rounded(metrics[layer], layer_metric), step=layer)
     run.log_metrics({**{k: float(v) for k, v in ex.counts.items()}, **_rounded(ex.data_stats, lambda k: f"data/{k}")})
+    _log_preparation(run, ex)
     with tempfile.TemporaryDirectory() as tmp:
         for layer, v in ex.vectors.items():
             meta = {"trait": trait.qualified_name, "model": lm.name, "model_id": lm.spec.id,
                     "method": cfg.method.name, "component": cfg.component.name, "position": cfg.position.spec,
                     "layer": layer, "dim": int(v.shape[0]), "metrics": _json_safe(metrics[layer]),
                     "method_metadata": _json_safe(ex.method_metadata[layer]), "counts": ex.counts,
+                    "reference": ex.reference,
                     "dataset_fingerprint": trait.fingerprint()}
             save_vector(Path(tmp) / vector_path(cfg.component.name, cfg.position.spec, cfg.method.name, layer),
                         v, meta)
@@ -263,6 +260,19 @@ def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: Loade
     run.set_tag("mlflow.note.content", describe(trait.qualified_name, cfg.method.name, ex))
 
 
+def _log_preparation(run: JobRun, ex: Extraction) -> None:
+    """The reference set, vetting counts (`n_vetted_*`) and tables, and what `auto` batch sizes resolved to."""
+    if ex.reference:
+        run.set_tag("traitlab.reference", ex.reference)
+    if ex.vetting is not None:
+        run.log_metrics({k: float(v) for k, v in ex.vetting.counts.items()})
+        run.log_table(table_columns(ex.vetting.rows), "tables/vetting_scores.json")
+        if ex.vetting.dropped:
+            run.log_table(table_columns(ex.vetting.dropped), "tables/vetting_dropped.json")
+    if ex.batch_sizes:
+        run.log_metrics({f"auto_batch/{k}": float(v) for k, v in ex.batch_sizes.items()})
+
+
 def describe(trait: str, method: str, ex: Extraction) -> str:
     """The run's markdown description: verdict at the best layer with intervals, sample sizes, warnings."""
     c, best = ex.counts, ex.best_layer
@@ -276,6 +286,10 @@ def describe(trait: str, method: str, ex: Extraction) -> str:
                              f"{m[f'{part}_accuracy_hi']:.2f}], effect size {m[f'{part}_effect_size']:.2f} "
                              f"[{m[f'{part}_effect_size_lo']:.2f}, {m[f'{part}_effect_size_hi']:.2f}]")
     lines.append("- n: " + ", ".join(f"{k.removeprefix('n_')} {v}" for k, v in c.items()))
+    if ex.vetting is not None:
+        v = ex.vetting.counts
+        lines.append(f"- vetting: dropped {v['n_vetted_dropped_pos']} positives and {v['n_vetted_dropped_neg']} "
+                     f"negatives ({v['n_vetted_pos']} and {v['n_vetted_neg']} generated responses judged)")
     lines += [f"- warning: {w}" for w in ex.warnings]
     return "\n".join(lines)
 
@@ -290,11 +304,18 @@ def fit_trait(cfg: ExtractConfig, lm: LoadedModel | None = None, trait: TraitDat
     lm = lm or load_model(cfg.model)
     layers = layers or parse_layers(cfg.layers, lm.n_layers)
     ex = cfg.extraction
-    acts, lengths = trait_activations(lm, cfg, trait, layers)
+    data = prepare_trait_data(lm, cfg, trait, layers)
+    trait = data.trait  # vetted rows removed
     split = trait_split(trait, ex.val_split, cfg.seed)
     folds = fold_indices(split, ex.cv_folds, cfg.seed, trait.paired, trait_groups(trait)) if ex.cv_folds else None
-    return extract_vectors(acts, layers, cfg.method.name, dict(cfg.method.kwargs), split, cfg.seed, folds=folds,
-                           lengths=lengths, paired=trait.paired, n_boot=ex.n_bootstrap)
+    out = extract_vectors(data.acts, layers, cfg.method.name, dict(cfg.method.kwargs), split, cfg.seed, folds=folds,
+                          lengths=data.lengths, paired=trait.paired, n_boot=ex.n_bootstrap)
+    out.reference = data.reference.name if data.reference else None
+    out.vetting, out.batch_sizes = data.vetting, data.batch_sizes
+    for note in data.notes:
+        log.warning("%s", note)
+    out.warnings = data.notes + out.warnings
+    return out
 
 
 def trait_diagnostics(trait: str, layer: int | None = None, *, method: str = "mean_diff",

@@ -22,7 +22,7 @@ import math
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,12 @@ from traitlab.io import (
     read_json,
     save_tensors,
 )
-from traitlab.models.batching import run_halving
+from traitlab.models.batching import check_batch_size, run_halving
 from traitlab.models.chat import format_prompt
 from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, pad_left
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.paths import cache_dir, outputs_dir
-from traitlab.pipelines.common import model_key, responses_for
+from traitlab.pipelines.common import model_key, responses_for, with_measured_batch_sizes
 from traitlab.tracking.artifacts import FIGURES, TABLES, VIEWS, slug
 from traitlab.tracking.registry import VectorRef, best_vector, fetch_vector, find_vectors, traits_with_vectors
 from traitlab.tracking.runs import JobRun, job_run, stage_run
@@ -194,6 +194,8 @@ def validate(cfg: InferConfig) -> Source:
             "responses", f"mode=from_responses needs responses=/path/items.json ({_RESPONSES_EXPECTED})"
         )
     check_score_mode(cfg.inference.score_mode)
+    check_batch_size(cfg.inference.batch_size, "inference.batch_size")
+    check_batch_size(cfg.inference.generation.batch_size, "inference.generation.batch_size")
     if cfg.inference.component not in COMPONENTS:
         raise ConfigError(
             "inference.component", f"{cfg.inference.component!r} is not one of {', '.join(COMPONENTS)}"
@@ -606,6 +608,13 @@ def decode_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([i]) for i in ids]
 
 
+def measured_batch_sizes(inf: InferenceConfig, lm: LoadedModel, items: Sequence[TextItem]) -> InferenceConfig:
+    """`inf` with its `auto` batch sizes measured once for this job (on the longest prompt + the tokens generated)."""
+    prompts = [format_prompt(lm.tokenizer, it.prompt, it.system_prompt, lm.use_chat_template) + (it.response or "")
+               for it in items]
+    return with_measured_batch_sizes(inf, lm, prompts, prefix="inference")
+
+
 def fill_responses(
     lm: LoadedModel, items: Sequence[TextItem], inf: InferenceConfig, seed: int
 ) -> list[TextItem]:
@@ -906,6 +915,7 @@ def run_infer(
         traits = resolve_traits(cfg.traits, cfg.model.name, **_tracking(cfg))
         require_vectors(traits, cfg.model.name, cfg.inference, **_tracking(cfg))
     lm = lm or load_model(cfg.model)
+    cfg = replace(cfg, inference=measured_batch_sizes(cfg.inference, lm, source.items))
     if cfg.mode == "capture":
         return _run_capture(cfg, source, lm, parent_run_id)
     return _run_stream(cfg, source, lm, parent_run_id)

@@ -20,7 +20,7 @@ import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,13 +37,15 @@ from traitlab.core.positions import parse_position
 from traitlab.data import Example, TraitDataset, load_trait, resolve_trait_dir
 from traitlab.errors import ConfigError, DataError
 from traitlab.io import content_hash, read_json
+from traitlab.judge.factory import build_judge, judge_identity
+from traitlab.models.batching import check_batch_size
 from traitlab.models.chat import format_prompt
 from traitlab.models.encoding import encode, length_sorted_batches, pad_id_of, pad_left
 from traitlab.models.generation import HookFactory, generate_texts
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.paths import outputs_dir
 from traitlab.pipelines import coef_search as cs
-from traitlab.pipelines.common import model_key, responses_for
+from traitlab.pipelines.common import model_key, responses_for, with_measured_batch_sizes
 from traitlab.tracking.artifacts import FIGURES, TABLES, slug
 from traitlab.tracking.registry import VectorRef, best_vector, fetch_vector, find_vectors
 from traitlab.tracking.runs import JobRun, job_run
@@ -54,9 +56,6 @@ RESPONSES_TABLE = f"{TABLES}/responses.json"
 SUMMARY_TABLE = f"{TABLES}/steering_summary.json"
 TRIALS_TABLE = f"{TABLES}/optuna_trials.json"
 STUDIES_FILE = "optuna/studies.json"
-# Judge settings that change a score (retries, timeouts, concurrency and cache location do not).
-_JUDGE_SEMANTIC = ("backend", "model", "base_url", "min_weight", "top_logprobs", "scale_max", "relevance_check",
-                   "perplexity_combine", "ppl_min", "ppl_max")
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -173,7 +172,6 @@ def _check_settings(cfg: SteerConfig) -> None:
         ("steering.down_mult", s.down_mult, 0 < s.down_mult < 1, "in (0, 1)"),
         ("steering.momentum", s.momentum, 0 <= s.momentum < 1, "in [0, 1)"),
         ("steering.max_new_tokens", s.max_new_tokens, s.max_new_tokens >= 1, ">= 1"),
-        ("steering.batch_size", s.batch_size, s.batch_size >= 1, ">= 1"),
         ("steering.tpe_startup_trials", s.tpe_startup_trials, s.tpe_startup_trials >= 0, ">= 0"),
         ("steering.study.heartbeat_interval", s.study.heartbeat_interval, s.study.heartbeat_interval >= 1, ">= 1"),
         ("steering.study.grace_period", s.study.grace_period,
@@ -181,6 +179,7 @@ def _check_settings(cfg: SteerConfig) -> None:
     ):
         if not ok:
             raise ConfigError(key, f"{value} must be {expected}")
+    check_batch_size(s.batch_size, "steering.batch_size")
     if s.n_questions is not None and s.n_questions < 1:
         raise ConfigError("steering.n_questions", f"{s.n_questions} must be >= 1 or null (all questions)")
     if cfg.component.name not in COMPONENTS:
@@ -205,20 +204,6 @@ def _prompted_system(cfg: SteerConfig, trait: TraitDataset, direction: int) -> s
     what = trait.definition.strip() if trait.definition else trait.name
     verb = "Strongly display" if direction > 0 else "Avoid any sign of"
     return f"{verb} this trait in your answer: {trait.name}. {what}"
-
-
-def judge_identity(jcfg: dict[str, Any], trait: TraitDataset) -> str:
-    """Hash of everything that changes a judge score: semantic settings and the prompt texts used."""
-    from traitlab.judge.prompts import resolve_template
-
-    spec = trait.steering
-    texts = [resolve_template("trait_score", eval_prompt=spec.eval_prompt if spec else None,
-                              trait_prompt_path=jcfg.get("trait_prompt_path"), prompts_dir=jcfg.get("prompts_dir"),
-                              trait=trait.qualified_name).text,
-             resolve_template("coherence", prompts_dir=jcfg.get("prompts_dir")).text]
-    if jcfg.get("relevance_check"):
-        texts.append(resolve_template("relevance", prompts_dir=jcfg.get("prompts_dir")).text)
-    return content_hash("judge-id-v1", {k: jcfg.get(k) for k in _JUDGE_SEMANTIC}, texts, trait.definition or "")
 
 
 def _missing_vectors_error(cfg: SteerConfig, trait: str, what: str) -> ConfigError:
@@ -297,14 +282,6 @@ def _ranges(layers: Sequence[int]) -> str:
             start = x
         prev = x
     return ",".join(out)
-
-
-def build_judge(jcfg: dict[str, Any], lm: LoadedModel | None) -> Any:
-    """The judge; an in-process judge (or perplexity scorer) reuses the loaded model when it is the same one."""
-    from traitlab.judge import make_judge
-
-    same = lm is not None and (jcfg["backend"] != "hf_local" or (jcfg.get("model") or "smollm2_135m") == lm.name)
-    return make_judge(jcfg, model=lm if same else None)
 
 
 # ---------------------------------------------------------------------------------------- generation
@@ -792,6 +769,12 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
     vectors: dict[int, torch.Tensor] = {}
     if cfg.mode in ("search", "ablation"):
         refs = resolve_layers(cfg, prep, lm.n_layers)
+    # batch_size=auto: measured once, on the prompted baseline's prompts (the longest a generate sees)
+    cfg = replace(cfg, steering=with_measured_batch_sizes(
+        cfg.steering, lm, [format_prompt(lm.tokenizer, q, prep.prompted_system, lm.use_chat_template)
+                           for q in prep.questions], prefix="steering",
+        max_rows=len(prep.questions) * max(2, cfg.steering.trials_per_step * max(1, len(refs)))))
+    if cfg.mode in ("search", "ablation"):
         for lyr, ref in refs.items():
             dim = component_dim(lm.model, cfg.component.name, lyr)
             vectors[lyr] = fetch_vector(ref, uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,

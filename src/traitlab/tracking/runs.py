@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 TAG_KEY = "traitlab.job_key"
 TAG_STAGE = "traitlab.stage"
 TAG_SWEEP = "traitlab.sweep"
+RESOLVED_CONFIG = "config/resolved.yaml"  # the job's config, secrets redacted
 
 
 @dataclass
@@ -140,7 +141,7 @@ def job_run(
             client.log_batch(jr.run_id, params=params[i:i + 100])
         import yaml
 
-        client.log_text(jr.run_id, yaml.safe_dump(safe_cfg, sort_keys=False), "config/resolved.yaml")
+        client.log_text(jr.run_id, yaml.safe_dump(safe_cfg, sort_keys=False), RESOLVED_CONFIG)
         try:
             yield jr
         except KeyboardInterrupt:
@@ -159,3 +160,15 @@ def stage_run(cfg: Any, *, job_key: str, run_name: str, tags: Mapping[str, Any],
 
     return job_run(experiment=cfg.tracking.experiment, job_key=job_key, run_name=run_name, config=asdict(cfg),
                    tags=tags, parent_run_id=parent_run_id, force=cfg.force, uri=cfg.tracking.uri)
+
+
+
+def run_config(client: RetryingClient, run_id: str) -> dict[str, Any]:
+    """The resolved config a job logged (secrets redacted), as a plain dict."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, RESOLVED_CONFIG, tmp)
+        return yaml.safe_load(Path(path).read_text()) or {}

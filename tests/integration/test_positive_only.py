@@ -1,0 +1,51 @@
+"""Positive-only traits on the real SmolLM2: extraction against the category or a neutral reference set."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from traitlab.config.schema import ExtractConfig, ExtractionConfig, MethodConfig, TrackingConfig, TraitConfig
+from traitlab.errors import ConfigError
+from traitlab.pipelines.extract import fit_trait, run_extract
+from traitlab.tracking.registry import find_vectors
+
+pytestmark = pytest.mark.slow
+LAYERS = "8,12"  # the capture stops after layer 12
+
+
+def _cfg(reference: str | None, **kw) -> ExtractConfig:
+    return ExtractConfig(trait=TraitConfig(name="emotions/joy"), method=MethodConfig(name="mean_diff"),
+                         extraction=ExtractionConfig(reference=reference, n_bootstrap=200), layers=LAYERS, **kw)
+
+
+def test_joy_against_its_category_is_logged_with_held_out_separation_and_the_note(smollm2, mlflow_store):
+    res = run_extract(_cfg("category", tracking=TrackingConfig(experiment="positive_only")), lm=smollm2)
+    run = MlflowClient(mlflow_store).get_run(res.run_id)
+    m, tags = run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED" and tags["traitlab.reference"] == "category:emotions"
+    assert m["n_train_pos"] + m["n_val_pos"] == 42 and m["n_train_neg"] + m["n_val_neg"] == 3 * 42
+    assert m["n_val_neg"] >= 12 and m["n_cv_neg"] == m["n_train_neg"]
+    # real separation of held-out joy stories from held-out anger/fear/sadness stories at the best layer
+    assert m["best/cv_accuracy_lo"] > 0.75 and m["best/cv_effect_size_lo"] > 1.0
+    assert m["best/val_accuracy_lo"] <= m["best/val_accuracy"] <= m["best/val_accuracy_hi"]
+    assert math.isnan(res.metrics[res.best_layer]["diag_agreement"])  # no pairs: undefined, not 0
+    note = tags["mlflow.note.content"]
+    assert "no negatives" in note and "anger, fear, sadness" in note
+    assert {r.layer for r in find_vectors("emotions/joy", "smollm2_135m", experiment="positive_only")} == {8, 12}
+
+
+def test_joy_against_the_neutral_set(smollm2):
+    ex = fit_trait(_cfg("neutral"), smollm2)
+    assert ex.reference == "neutral:default"
+    assert ex.counts["n_train_neg"] + ex.counts["n_val_neg"] == 64
+    best = ex.best_layer
+    assert best in (8, 12) and ex.metrics[best]["cv_accuracy_lo"] > 0.7
+    assert any("neutral:default" in w for w in ex.warnings)
+
+
+def test_without_a_reference_it_fails_before_the_model_loads():
+    with pytest.raises(ConfigError, match="extraction.reference"):
+        fit_trait(_cfg(None), lm=None)
