@@ -18,7 +18,7 @@ import torch
 from traitlab.errors import DataError
 from traitlab.paths import cache_dir
 from traitlab.tracking.artifacts import load_vector, vector_path
-from traitlab.tracking.names import LAYER, layer_metric
+from traitlab.tracking.names import LAYER, NORMALIZATION_TAG, layer_metric
 from traitlab.tracking.store import RetryingClient, ensure_store
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,13 @@ def find_vectors(
     layer: int | None = None,
     experiment: str = "traitlab",
     uri: str | None = None,
+    normalization: str | None = None,
 ) -> list[VectorRef]:
-    """All extracted vectors matching the filters (newest run first), with their per-layer metrics."""
+    """All extracted vectors matching the filters (newest run first), with their per-layer metrics.
+
+    `normalization`: None finds the vectors as extracted; e.g. "center+denoise" finds the cross-trait
+    normalised ones (their runs carry a NORMALIZATION_TAG), never mixed with the raw ones.
+    """
     client, exp_id = ensure_store(uri, experiment)
     filt = ["tags.`traitlab.stage` = 'extract'", f"tags.trait = '{_q(trait)}'", f"tags.model = '{_q(model)}'",
             "attributes.status = 'FINISHED'"]
@@ -93,6 +98,8 @@ def find_vectors(
     seen: set[tuple[str, str, str, int]] = set()
     for r in runs:
         tags = r.data.tags
+        if tags.get(NORMALIZATION_TAG) != normalization:
+            continue
         per_layer = _extraction_metrics(client, r.info.run_id)
         for lyr in sorted(int(x) for x in tags.get("layers", "").split(",") if x != ""):
             if layer is not None and lyr != layer:

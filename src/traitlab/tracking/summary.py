@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from traitlab.tracking.names import layer_metric
+from traitlab.tracking.names import NORMALIZATION_TAG, layer_metric
 from traitlab.tracking.store import RetryingClient
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ def summarize_sweep(client: RetryingClient, experiment_id: str, parent_run_id: s
         for metric in HEATMAP_METRICS:
             for m in client.get_metric_history(child.info.run_id, layer_metric(metric)):
                 key = (tags.get("trait", "?"), tags.get("component", "?"), tags.get("position", "?"), metric)
-                groups[key][(tags.get("method", "?"), int(m.step))] = float(m.value)
+                norm = tags.get(NORMALIZATION_TAG)
+                method = tags.get("method", "?") + (f"+{norm}" if norm else "")
+                groups[key][(method, int(m.step))] = float(m.value)
     client.set_tag(parent_run_id, "traitlab.children", str(len(children)))
     for (trait, component, position, metric), values in groups.items():
         from traitlab.tracking.artifacts import slug
