@@ -9,7 +9,8 @@ import torch
 
 from traitlab.config.schema import ExtractConfig, MethodConfig, TraitConfig
 from traitlab.data.splits import fold_indices, trait_groups, trait_split
-from traitlab.pipelines.extract import extract_vectors, fit_trait, trait_activations, validate_inputs
+from traitlab.pipelines.extract import extract_vectors, fit_trait, validate_inputs
+from traitlab.pipelines.trait_data import prepare_trait_data
 
 pytestmark = pytest.mark.slow
 TRAIT = "starter/optimism"
@@ -24,7 +25,8 @@ def data(smollm2):
     c = cfg("mean_diff")
     trait = validate_inputs(c)
     layers = list(range(smollm2.n_layers))
-    acts, lengths = trait_activations(smollm2, c, trait, layers)
+    prepared = prepare_trait_data(smollm2, c, trait, layers)
+    acts, lengths = prepared.acts, prepared.lengths
     split = trait_split(trait, c.extraction.val_split, c.seed)
     folds = fold_indices(split, c.extraction.cv_folds, c.seed, trait.paired, trait_groups(trait))
     return trait, layers, acts, lengths, split, folds

@@ -21,6 +21,7 @@ from traitlab.config.schema import (
 )
 from traitlab.data import load_trait
 from traitlab.judge import ScoreRequest, make_judge
+from traitlab.judge.vetting import _WARNED
 from traitlab.pipelines.common import responses_for
 from traitlab.pipelines.extract import fit_trait, run_extract
 from traitlab.pipelines.trait_data import vetting_on
@@ -95,6 +96,7 @@ def test_real_judge_vets_by_default_and_drops_exactly_the_pairs_its_scores_fail(
 
 def test_embedded_judge_vets_only_when_asked_and_says_it_cannot_see_traits(smollm2, prompt_only_trait, caplog):
     hf_local = JudgeConfig(backend="hf_local", min_weight=0.1)
+    _WARNED.discard("hf_local")  # warned once per process: make this test see it whatever ran before
     assert not vetting_on(_cfg(prompt_only_trait, hf_local))  # enabled=auto: off with the embedded judge
     on = fit_trait(_cfg(prompt_only_trait, hf_local, enabled=True, positive_min=0.0, negative_max=100.0), smollm2)
     assert "cannot tell whether a response shows a trait" in caplog.text

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from traitlab.errors import ConfigError
-from traitlab.judge.vetting import check_thresholds, vet_scores, vetting_enabled
+from traitlab.judge.vetting import _WARNED, check_thresholds, vet_scores, vetting_enabled
 
 
 def test_paired_failure_drops_the_pair_and_counts_each_reason():
@@ -47,9 +47,10 @@ def test_provided_responses_are_kept_whatever_their_score():
 def test_auto_is_on_only_with_a_real_judge(caplog):
     assert vetting_enabled("auto", "openai") and vetting_enabled("auto", "openai_compatible")
     assert not vetting_enabled("auto", "hf_local")
+    _WARNED.clear()
     with caplog.at_level(logging.WARNING):
-        assert vetting_enabled(True, "hf_local")
-    assert "cannot tell whether a response shows a trait" in caplog.text
+        assert vetting_enabled(True, "hf_local") and vetting_enabled(True, "hf_local")
+    assert caplog.text.count("cannot tell whether a response shows a trait") == 1
     assert not vetting_enabled(False, "openai")
     with pytest.raises(ConfigError, match="extraction.vetting.enabled"):
         vetting_enabled("sometimes", "openai")

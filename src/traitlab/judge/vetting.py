@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 REAL_JUDGES = ("openai", "openai_compatible")
 SIDES = ("pos", "neg")
+_WARNED: set[str] = set()
 
 
 def vetting_enabled(enabled: Any, backend: str) -> bool:
@@ -29,7 +30,8 @@ def vetting_enabled(enabled: Any, backend: str) -> bool:
         return backend in REAL_JUDGES
     if not isinstance(enabled, bool):
         raise ConfigError("extraction.vetting.enabled", f"{enabled!r}: expected auto, true or false")
-    if enabled and backend not in REAL_JUDGES:
+    if enabled and backend not in REAL_JUDGES and backend not in _WARNED:
+        _WARNED.add(backend)  # once per process: a job asks several times (checks, cache key, the vetting itself)
         log.warning("response vetting with the %s judge: the embedded 135M model cannot tell whether a response "
                     "shows a trait (its scores are close to noise), so this drops responses nearly at random; "
                     "use judge=openai or judge=openai_compatible for vetting that means something", backend)
