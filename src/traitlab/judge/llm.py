@@ -107,6 +107,9 @@ class OpenAICompatibleSource:
         self._model = model or (DEFAULT_OPENAI_MODEL if backend == "openai" else None)
         self.base_url = base_url.rstrip("/") if base_url else None
         self.api_key_env = api_key_env or (OPENAI_KEY_ENV if backend == "openai" else None)
+        from traitlab.tracking.params import register_secret_env
+
+        register_secret_env(self.api_key_env)  # its value is scrubbed from every message and log line
         self.max_retries = max_retries
         self.timeout_s = float(timeout_s)
         self.backoff_s = float(backoff_s)
