@@ -48,6 +48,16 @@ def smollm2():
     return load_model("smollm2_135m")
 
 
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2's real tokenizer and chat template, without loading the weights."""
+    from transformers import AutoTokenizer
+
+    from traitlab.models.loading import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A fresh real MLflow sqlite store (artifacts beside it) and outputs dir in tmp; returns the URI."""
