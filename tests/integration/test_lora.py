@@ -16,7 +16,7 @@ from traitlab.core.hooks import MultiLayerProjection
 from traitlab.errors import ConfigError, ModelError
 from traitlab.models.capture import TextPair, encode_pairs
 from traitlab.models.chat import format_prompt
-from traitlab.models.encoding import pad_id_of, pad_left
+from traitlab.models.encoding import pad_id_of, padded_inputs
 from traitlab.models.generation import generate_texts
 from traitlab.models.loading import ModelSpec, load_model, resolve_lora
 from traitlab.paths import conf_dir, datasets_dir
@@ -49,10 +49,10 @@ def variant(lora_dir):
 
 def _projection(lm, pairs, vectors):
     enc = encode_pairs(lm, pairs)
-    ids, mask = pad_left(enc, pad_id_of(lm.tokenizer), lm.device)
+    inputs = padded_inputs(enc, pad_id_of(lm.tokenizer), lm.device)
     with torch.inference_mode(), MultiLayerProjection(lm.model, vectors) as proj:
-        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    return proj.all_scores(), mask
+        lm.model(**inputs, use_cache=False)
+    return proj.all_scores(), inputs["attention_mask"]
 
 
 @pytest.mark.slow

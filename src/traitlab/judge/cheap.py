@@ -70,13 +70,12 @@ class PerplexityCoherence:
 
     @torch.inference_mode()
     def _batch_ppl(self, encoded: Sequence[Any]) -> list[float]:
-        from traitlab.judge.hf_local import last_token_positions
-        from traitlab.models.encoding import pad_id_of, pad_left
+        from traitlab.models.encoding import pad_id_of, padded_inputs
 
         lm = self.loaded()
-        ids, mask = pad_left(encoded, pad_id_of(lm.tokenizer), lm.device)
-        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=last_token_positions(mask),
-                          use_cache=False).logits.float()
+        inputs = padded_inputs(encoded, pad_id_of(lm.tokenizer), lm.device)
+        ids = inputs["input_ids"]
+        logits = lm.model(**inputs, use_cache=False).logits.float()
         # Token t is predicted by position t-1; count only response tokens.
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
         width = ids.shape[1]

@@ -29,14 +29,6 @@ def numbers_are_single_tokens(tokenizer: Any) -> bool:
     return True
 
 
-def last_token_positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch: each row counts from 0 at its first real token.
-
-    A plain forward (unlike generate) would number the pad slots too and shift every real token.
-    """
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 class HFLocalSource:
     """A LogprobSource backed by a LoadedModel (or a model name, loaded with traitlab's load_model)."""
 
@@ -97,12 +89,11 @@ class HFLocalSource:
 
     @torch.inference_mode()
     def _forward(self, encoded: Sequence[Any], top_k: int) -> list[Logprobs]:
-        from traitlab.models.encoding import pad_id_of, pad_left
+        from traitlab.models.encoding import pad_id_of, padded_inputs
 
         lm = self.loaded()
-        ids, mask = pad_left(encoded, pad_id_of(lm.tokenizer), lm.device)
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=last_token_positions(mask),
-                       use_cache=False, logits_to_keep=1)
+        out = lm.model(**padded_inputs(encoded, pad_id_of(lm.tokenizer), lm.device), use_cache=False,
+                       logits_to_keep=1)
         logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         values, indices = logprobs.topk(top_k, dim=-1)
         rows = []

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from traitlab.core.hooks import MultiLayerCapture
 from traitlab.core.positions import Segments, parse_position, resolve_batch, resolve_span
 from traitlab.models.batching import run_halving
-from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, pad_left
+from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, padded_inputs
 from traitlab.models.loading import LoadedModel
 
 
@@ -55,11 +55,11 @@ def capture_pooled(
     bar = tqdm(total=len(enc), desc=desc, leave=False, **({"disable": True} if desc is None else {}))
 
     def run(rows: list[int]) -> list[torch.Tensor]:
-        ids, mask = pad_left([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
-        spans = resolve_batch(spec, [segs[i] for i in rows], ids.shape[1]).to(lm.device)
+        inputs = padded_inputs([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
+        spans = resolve_batch(spec, [segs[i] for i in rows], inputs["input_ids"].shape[1]).to(lm.device)
         cap = MultiLayerCapture(lm.model, layers, component=component, spans=spans, pool="mean", stop_after_last=True)
         with cap:
-            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            lm.model(**inputs, use_cache=False)
         acts = torch.stack([cap.get(layer) for layer in layers], dim=1).float().cpu()  # [b, L, D]
         return list(acts)
 

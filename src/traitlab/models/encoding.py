@@ -51,6 +51,26 @@ def pad_left(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str
     return ids.to(device), mask.to(device)
 
 
+def position_ids_of(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: each row counts from 0 at its first real token.
+
+    A plain forward (unlike generate) would number the pad slots too, shifting every real token of a short
+    row; with absolute position embeddings (GPT-2) that changes its activations, with rotary ones only
+    rounding. Pad slots get 0 (they are masked out anyway).
+    """
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def padded_inputs(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The model inputs of a left-padded batch: input_ids, attention_mask and position_ids.
+
+    Every padded forward in traitlab goes through this, so a padded row gives the same activations as the
+    same row run alone: `model(**padded_inputs(...), use_cache=False)`.
+    """
+    ids, mask = pad_left(encoded, pad_id, device)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_of(mask)}
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Group indices of similar length (longest first) so padding, and so wasted compute, stays small."""
     if batch_size < 1:
