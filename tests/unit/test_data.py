@@ -134,8 +134,10 @@ def test_fingerprint_tracks_content_not_layout(tmp_path):
     fa, fb, fc = (load_trait(x, root=tmp_path).fingerprint() for x in (a, b, c))
     assert fa == fb
     assert fa != fc
+    # extraction.yaml settings are applied to the config (which job keys hold), not hashed with the examples:
+    # one overridden on the command line must not invalidate anything
     (c / "extraction.yaml").write_text("position: 'prompt[-1]'\n")
-    assert load_trait(c, root=tmp_path).fingerprint() != fc
+    assert load_trait(c, root=tmp_path).fingerprint() == fc
 
 
 def test_list_traits_and_resolve_by_name_and_path(tmp_path):
@@ -360,3 +362,60 @@ def test_prompt_set_missing_lists_available(tmp_path):
 def test_deeply_nested_json_is_a_data_error(tmp_path):
     d = make_trait(tmp_path, "c/t", {"positive.json": "[" * 100_000 + "]" * 100_000})
     assert "positive.json: JSON nested too deeply" in data_error(d)
+
+
+def test_extraction_overrides_apply_with_stated_precedence(tmp_path):
+    """command line > trait > category > global > config defaults, per key (generation per field)."""
+    from traitlab.config.schema import ExtractConfig
+    from traitlab.config.trait_overrides import apply_trait_overrides
+
+    (tmp_path / "extraction.yaml").write_text("position: 'prompt[-1]'\nval_split: 0.15\n"
+                                              "generation:\n  max_new_tokens: 7\n  top_p: 0.5\n")
+    make_trait(tmp_path, "cat", {"extraction.yaml": "position: 'response[:3]'\ngeneration:\n  top_p: 0.9\n"})
+    d = make_trait(tmp_path, "cat/t", {**PAIR, "extraction.yaml": "layers: '1-2'\nmethod: mean_diff\n"})
+    trait = load_trait(d, root=tmp_path)
+    cfg, report = apply_trait_overrides(ExtractConfig(), trait)
+    assert (cfg.position.spec, cfg.layers, cfg.method.name, cfg.extraction.val_split) == (
+        "response[:3]", "1-2", "mean_diff", 0.15)
+    assert (cfg.extraction.generation.max_new_tokens, cfg.extraction.generation.top_p) == (7, 0.9)
+    assert cfg.extraction.batch_size == ExtractConfig().extraction.batch_size  # nothing set it
+    assert report["position.spec"]["source"] == f"{tmp_path / 'cat' / 'extraction.yaml'}:1"
+    assert report["extraction.generation.top_p"]["source"] == f"{tmp_path / 'cat' / 'extraction.yaml'}:3"
+
+    typed = ExtractConfig()
+    typed.position.spec, typed.layers = "all[:]", "5"
+    cfg, report = apply_trait_overrides(typed, trait, command_line={"position.spec", "layers"})
+    assert (cfg.position.spec, cfg.layers, cfg.method.name) == ("all[:]", "5", "mean_diff")
+    assert report["position.spec"] == {"value": "response[:3]", "source": report["position.spec"]["source"],
+                                       "applied": False, "kept": "command line"}
+    cfg, _ = apply_trait_overrides(ExtractConfig(), trait, command_line={"method"})  # a group choice
+    assert cfg.method.name == ExtractConfig().method.name
+
+
+def test_extraction_overrides_reject_unknown_keys_and_bad_types_with_file_and_line(tmp_path):
+    from traitlab.config.schema import ExtractConfig
+    from traitlab.config.trait_overrides import apply_trait_overrides, command_line_keys
+
+    d = make_trait(tmp_path, "c/t", {**PAIR, "extraction.yaml": "method: probe\nvalsplit: 0.3\n"})
+    with pytest.raises(DataError, match=r"extraction\.yaml:2: unknown key 'valsplit'"):
+        load_trait(d, root=tmp_path)
+    d = make_trait(tmp_path, "c/u", {**PAIR, "extraction.yaml": "generation:\n  max_tokens: 3\n"})
+    with pytest.raises(DataError, match=r"extraction\.yaml:2: unknown key generation\.max_tokens"):
+        load_trait(d, root=tmp_path)
+    d = make_trait(tmp_path, "c/v", {**PAIR, "extraction.yaml": "seed: 1\nval_split: lots\n"})
+    with pytest.raises(DataError, match=r"extraction\.yaml:2: extraction\.val_split"):
+        apply_trait_overrides(ExtractConfig(), load_trait(d, root=tmp_path))
+    assert command_line_keys(["position.spec='x'", "method=probe", "+extraction.val_split=0.3", "hydra.run.dir=o",
+                              "~model.lora", "trait=starter/a"]) == {"position.spec", "method",
+                                                                     "extraction.val_split", "trait"}
+
+
+def test_python_callers_keep_the_values_they_changed(tmp_path):
+    from traitlab.config.schema import ExtractConfig, PositionConfig
+    from traitlab.config.trait_overrides import apply_trait_overrides
+
+    d = make_trait(tmp_path, "c/t", {**PAIR, "extraction.yaml": "position: 'response[:3]'\nlayers: '2'\n"})
+    cfg, report = apply_trait_overrides(ExtractConfig(position=PositionConfig(spec="prompt[-1]")),
+                                        load_trait(d, root=tmp_path))
+    assert (cfg.position.spec, cfg.layers) == ("prompt[-1]", "2")
+    assert report["position.spec"]["applied"] is False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from traitlab import faults
 from traitlab.config.schema import ExtractConfig
+from traitlab.config.trait_overrides import apply_trait_overrides
 from traitlab.core.components import COMPONENTS, component_dim
 from traitlab.core.layers import parse_layers
 from traitlab.core.methods import get_method
@@ -50,9 +52,9 @@ class ExtractResult:
         return max(scored, key=scored.get) if scored else None
 
 
-def validate_inputs(cfg: ExtractConfig) -> TraitDataset:
+def validate_inputs(cfg: ExtractConfig, trait: TraitDataset | None = None) -> TraitDataset:
     """Everything checkable without the model: trait files, position DSL, component, method, split."""
-    trait = load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
+    trait = trait or load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
     parse_position(cfg.position.spec)
     if cfg.component.name not in COMPONENTS:
         raise ConfigError("component", f"'{cfg.component.name}' is not one of {', '.join(COMPONENTS)}")
@@ -155,8 +157,13 @@ def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: Loade
                   "tables/metrics_by_layer.json")
 
 
-def run_extract(cfg: ExtractConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None) -> ExtractResult:
-    trait = validate_inputs(cfg)
+def run_extract(cfg: ExtractConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None,
+                command_line: Collection[str] | None = None) -> ExtractResult:
+    """`command_line`: config keys the user set, which the trait's extraction.yaml does not override (None: the
+    keys whose values differ from the schema defaults; see config/trait_overrides.py)."""
+    trait = load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
+    cfg, trait_settings = apply_trait_overrides(cfg, trait, command_line)
+    trait = validate_inputs(cfg, trait)
     lm = lm or load_model(cfg.model)
     n_layers = lm.n_layers
     layers = parse_layers(cfg.layers, n_layers)
@@ -169,6 +176,10 @@ def run_extract(cfg: ExtractConfig, parent_run_id: str | None = None, lm: Loaded
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         if run.skipped:
             return ExtractResult(run.run_id, True, trait.qualified_name, layers)
+        if trait_settings:  # the logged config already holds the effective values; this says where they came from
+            run.log_dict(trait_settings, "config/trait_overrides.json")
+            applied = {k: v["value"] for k, v in trait_settings.items() if v["applied"]}
+            log.info("extraction.yaml settings applied: %s", applied or "none (all set on the command line)")
         acts = _activations(lm, cfg, trait, layers)
         split = split_indices(len(trait.positive), len(trait.negative), cfg.extraction.val_split, cfg.seed,
                               trait.paired)
