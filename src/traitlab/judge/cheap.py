@@ -91,8 +91,10 @@ class PerplexityCoherence:
         from traitlab.models.batching import run_halving
         from traitlab.models.chat import format_prompt
         from traitlab.models.encoding import encode, length_sorted_batches
+        from traitlab.models.identity import identity_of
 
-        keys = [cache_key(self.backend, self._name, f"{r.question}\x00{r.response}") for r in requests]
+        model = identity_of(self._lm.spec if self._lm is not None else self._name).key  # not the display name
+        keys = [cache_key(self.backend, model, f"{r.question}\x00{r.response}") for r in requests]
         found = self.cache.get_many(keys)
         todo = [i for i, (k, r) in enumerate(zip(keys, requests, strict=True))
                 if k not in found and r.response.strip()]

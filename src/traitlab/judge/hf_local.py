@@ -54,7 +54,11 @@ class HFLocalSource:
 
     @property
     def model_id(self) -> str:
-        return str(self._name)
+        """The judge model's identity key (models/identity.py), which keys the cache: two models that share a
+        display name (a base and its LoRA variant) never share answers. Needs no weights loaded."""
+        from traitlab.models.identity import identity_of
+
+        return identity_of(self._lm.spec if self._lm is not None else self._name).key
 
     def loaded(self) -> Any:
         if self._lm is None:

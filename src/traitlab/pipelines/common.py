@@ -1,4 +1,4 @@
-"""Pieces several stages share: model identity for cache keys, chat-formatting examples, cached
+"""Pieces several stages share: the cache key of a loaded model, chat-formatting examples, cached
 responses and cached pooled activations (content-addressed, atomic, locked per key)."""
 
 from __future__ import annotations
@@ -25,28 +25,10 @@ from traitlab.paths import cache_dir
 log = logging.getLogger(__name__)
 
 
-def _adapter_digest(lora: str | None) -> str | None:
-    """Hash of a local LoRA adapter's files, so retraining an adapter in place invalidates its caches."""
-    if not lora:
-        return None
-    d = Path(lora).expanduser()
-    if not d.is_dir():
-        return lora
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(d.glob("adapter_*")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def model_key(lm: LoadedModel) -> str:
-    s = lm.spec
-    parts = [s.id, s.gguf_file, s.revision, s.quantization, s.lora, str(lm.dtype), lm.use_chat_template]
-    if s.lora:
-        parts.append(_adapter_digest(s.lora))
-    return content_hash("model-v1", *parts)
+    """Cache key of a loaded model: its identity (weights, quantization, adapter; models/identity.py) plus what
+    changes its activations without changing the identity (dtype, chat template on or off)."""
+    return content_hash("model-v2", lm.identity.key, str(lm.dtype), lm.use_chat_template)
 
 
 def prompt_texts(lm: LoadedModel, examples: Sequence[Example]) -> list[str]:

@@ -29,6 +29,7 @@ from traitlab.data import TraitDataset, load_trait, resolve_trait_dir
 from traitlab.data.splits import split_indices
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
+from traitlab.models.identity import model_tags
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.pipelines.common import model_key, pooled_activations, responses_for
 from traitlab.tracking.artifacts import save_vector, vector_dir, vector_path
@@ -129,7 +130,8 @@ def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: Loade
         run.log_metrics(m, step=layer)
     with tempfile.TemporaryDirectory() as tmp:
         for layer, v in vectors.items():
-            meta = {"trait": trait.qualified_name, "model": lm.name, "model_id": lm.spec.id,
+            meta = {"trait": trait.qualified_name, "model": lm.identity.key, "model_name": lm.name,
+                    "model_id": lm.spec.id,
                     "method": cfg.method.name, "component": cfg.component.name, "position": cfg.position.spec,
                     "layer": layer, "dim": int(v.shape[0]), "metrics": metrics[layer],
                     "dataset_fingerprint": trait.fingerprint()}
@@ -169,7 +171,7 @@ def run_extract(cfg: ExtractConfig, parent_run_id: str | None = None, lm: Loaded
     layers = parse_layers(cfg.layers, n_layers)
     component_dim(lm.model, cfg.component.name)  # fails fast on architectures without this component
     key = job_key(cfg, trait, model_key(lm), layers)
-    tags = {"traitlab.stage": "extract", "trait": trait.qualified_name, "model": lm.name,
+    tags = {"traitlab.stage": "extract", "trait": trait.qualified_name, **model_tags(lm.spec),
             "method": cfg.method.name, "component": cfg.component.name, "position": cfg.position.spec,
             "layers": ",".join(map(str, layers))}
     run_name = cfg.tracking.run_name or f"extract-{trait.name}-{cfg.method.name}-{cfg.component.name}"

@@ -59,6 +59,7 @@ from traitlab.io import (
 from traitlab.models.batching import run_halving
 from traitlab.models.chat import format_prompt
 from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, padded_inputs
+from traitlab.models.identity import VARIANT_HINT, model_tags, vectors_key
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.paths import cache_dir, outputs_dir
 from traitlab.pipelines.common import model_key, responses_for
@@ -246,7 +247,7 @@ def resolve_traits(traits: Any, model: str, experiment: str, uri: str | None) ->
         raise ConfigError(
             "traits",
             f"no trait has extracted vectors for model {model!r} in experiment "
-            f"{experiment!r}; run launchers/extract.py first or name traits=[...]",
+            f"{experiment!r}; run launchers/extract.py first or name traits=[...]{VARIANT_HINT}",
         )
     return found
 
@@ -271,7 +272,7 @@ def require_vectors(
             raise ConfigError(
                 "traits",
                 f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
-                f"{experiment!r}; extract first: python launchers/extract.py trait={trait}",
+                f"{experiment!r}; extract first: python launchers/extract.py trait={trait}{VARIANT_HINT}",
             )
 
 
@@ -869,7 +870,7 @@ def _layers_by_trait(vectors: Sequence[TraitVector]) -> dict[str, list[int]]:
 
 def _tags(
     cfg: InferConfig,
-    model: str,
+    model: dict[str, str],
     source: Source,
     vectors: Sequence[TraitVector],
     layers: Sequence[int],
@@ -878,7 +879,7 @@ def _tags(
     traits = sorted({tv.trait for tv in vectors})
     return {
         "traitlab.stage": "infer",
-        "model": model,
+        **model,
         "mode": mode,
         "prompt_set": source.name,
         "traits": ",".join(traits)[:5000],
@@ -905,8 +906,8 @@ def run_infer(
     if cfg.mode == "reproject":
         return _run_reproject(cfg, source, parent_run_id)
     if cfg.mode != "capture" or "best" in str(cfg.layers).lower():  # these need vectors: check them first
-        traits = resolve_traits(cfg.traits, cfg.model.name, **_tracking(cfg))
-        require_vectors(traits, cfg.model.name, cfg.inference, **_tracking(cfg))
+        traits = resolve_traits(cfg.traits, vectors_key(cfg.model), **_tracking(cfg))
+        require_vectors(traits, vectors_key(cfg.model), cfg.inference, **_tracking(cfg))
     lm = lm or load_model(cfg.model)
     if cfg.mode == "capture":
         return _run_capture(cfg, source, lm, parent_run_id)
@@ -919,10 +920,10 @@ def _tracking(cfg: InferConfig) -> dict[str, Any]:
 
 def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id: str | None) -> InferResult:
     inf = cfg.inference
-    traits = resolve_traits(cfg.traits, lm.name, **_tracking(cfg))
+    traits = resolve_traits(cfg.traits, vectors_key(cfg.model), **_tracking(cfg))
     vectors = select_vectors(
         traits,
-        lm.name,
+        vectors_key(cfg.model),
         cfg.layers,
         lm.n_layers,
         inf,
@@ -937,7 +938,7 @@ def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id
     )
     cal_path = calibration_path(mkey, inf.component)
     all_layers = list(range(lm.n_layers))
-    tags = _tags(cfg, lm.name, source, vectors, [tv.layer for tv in vectors], cfg.mode)
+    tags = _tags(cfg, model_tags(cfg.model), source, vectors, [tv.layer for tv in vectors], cfg.mode)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-{cfg.mode}"
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         result = _new_result(run, cfg.mode, vectors)
@@ -1004,10 +1005,10 @@ def _capture_layers(cfg: InferConfig, lm: LoadedModel) -> tuple[list[int], list[
     """Layers to capture: explicit specs need no vectors; `best` specs resolve per trait via MLflow."""
     if "best" not in str(cfg.layers).lower():
         return parse_layers(cfg.layers, lm.n_layers), []
-    traits = resolve_traits(cfg.traits, lm.name, **_tracking(cfg))
+    traits = resolve_traits(cfg.traits, vectors_key(cfg.model), **_tracking(cfg))
     vectors = select_vectors(
         traits,
-        lm.name,
+        vectors_key(cfg.model),
         cfg.layers,
         lm.n_layers,
         cfg.inference,
@@ -1033,7 +1034,7 @@ def _run_capture(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_i
         layers,
         str(root),
     )
-    tags = _tags(cfg, lm.name, source, vectors, layers, "capture")
+    tags = _tags(cfg, model_tags(cfg.model), source, vectors, layers, "capture")
     tags["capture_dir"] = str(root)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-capture"
     force = cfg.force or not (root / "manifest.json").is_file()  # a deleted capture is redone
@@ -1083,6 +1084,8 @@ def _run_capture(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_i
             "version": 1,
             "model": lm.name,
             "model_key": mkey,
+            "model_tags": model_tags(cfg.model),
+            "vectors_model": vectors_key(cfg.model),
             "model_spec": asdict(cfg.model),
             "n_layers": lm.n_layers,
             "hidden_size": component_dim(lm.model, inf.component),
@@ -1125,10 +1128,11 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
             f"the capture at {root} is of {manifest['component']!r}, not {inf.component!r}",
         )
     model = manifest["model"]
-    traits = resolve_traits(cfg.traits, model, **_tracking(cfg))
+    vectors_model = manifest.get("vectors_model", model)  # captures from before identity keys: the name
+    traits = resolve_traits(cfg.traits, vectors_model, **_tracking(cfg))
     vectors = select_vectors(
         traits,
-        model,
+        vectors_model,
         cfg.layers,
         int(manifest["n_layers"]),
         inf,
@@ -1152,7 +1156,8 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
         _vector_keys(vectors),
         str(root),
     )
-    tags = _tags(cfg, model, source, vectors, [tv.layer for tv in vectors], "reproject")
+    tags = _tags(cfg, manifest.get("model_tags", {"model": model}), source, vectors, [tv.layer for tv in vectors],
+                 "reproject")
     tags["capture_dir"] = str(root)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-reproject"
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:

@@ -1,5 +1,9 @@
 """MLflow is the vector registry: find vectors of past runs by trait/model/method/layer, pick the best.
 
+`model` is matched against the runs' `model` tag, a model identity key (models/identity.py). Every function
+here takes that key, or a ModelSpec / LoadedModel (its identity, or `model.vectors_from`'s when set), or a
+model name / Hub id / directory (that model without adapter or quantization).
+
 Best-vector order (as validated in the literature on steering): a coherent steering delta beats an
 out-of-distribution effect size, which beats the in-distribution held-out effect size.
 """
@@ -11,10 +15,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from traitlab.errors import DataError
+from traitlab.models.identity import registry_key
 from traitlab.paths import cache_dir
 from traitlab.tracking.artifacts import load_vector, vector_path
 from traitlab.tracking.store import RetryingClient, ensure_store
@@ -54,7 +60,7 @@ def _layer_metrics(client: RetryingClient, run_id: str, names: list[str]) -> dic
 
 def find_vectors(
     trait: str,
-    model: str,
+    model: Any,
     *,
     method: str | None = None,
     component: str | None = None,
@@ -64,6 +70,7 @@ def find_vectors(
     uri: str | None = None,
 ) -> list[VectorRef]:
     """All extracted vectors matching the filters (newest run first), with their per-layer metrics."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = ["tags.`traitlab.stage` = 'extract'", f"tags.trait = '{_q(trait)}'", f"tags.model = '{_q(model)}'",
             "attributes.status = 'FINISHED'"]
@@ -90,8 +97,9 @@ def find_vectors(
     return refs
 
 
-def traits_with_vectors(model: str, *, experiment: str = "traitlab", uri: str | None = None) -> list[str]:
+def traits_with_vectors(model: Any, *, experiment: str = "traitlab", uri: str | None = None) -> list[str]:
     """Every trait with at least one finished extraction run for this model, sorted."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = (f"tags.`traitlab.stage` = 'extract' and tags.model = '{_q(model)}' "
             "and attributes.status = 'FINISHED'")
@@ -120,9 +128,10 @@ def fetch_vector(ref: VectorRef, uri: str | None = None, experiment: str = "trai
     return v
 
 
-def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
+def steering_results(trait: str, model: Any, *, experiment: str = "traitlab",
                      uri: str | None = None) -> list[dict[str, float | str | int]]:
     """Per-layer best coherent steering deltas logged by the steering stage."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = (f"tags.`traitlab.stage` = 'steer' and tags.trait = '{_q(trait)}' and tags.model = '{_q(model)}' "
             "and attributes.status = 'FINISHED'")
@@ -137,9 +146,10 @@ def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
     return rows
 
 
-def best_vector(trait: str, model: str, *, experiment: str = "traitlab", uri: str | None = None,
+def best_vector(trait: str, model: Any, *, experiment: str = "traitlab", uri: str | None = None,
                 **filters: str) -> VectorRef | None:
     """Walk steering delta (coherent) > OOD effect size > in-distribution effect size."""
+    model = registry_key(model)
     refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
     if not refs:
         return None
