@@ -49,7 +49,7 @@ class HFLocalSource:
         self._lm = None if isinstance(model, str) else model
         self._name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
         self.batch_size = batch_size
-        self._scale_setting = scale_max
+        self.scale_setting = scale_max
         self.max_length = max_length
 
     @property
@@ -69,9 +69,10 @@ class HFLocalSource:
 
     @property
     def scale_max(self) -> int:
-        if self._scale_setting == "auto":
-            self._scale_setting = 100 if numbers_are_single_tokens(self.loaded().tokenizer) else 9
-        return int(self._scale_setting)
+        """The set scale, or detected from the model's tokenizer (which loads the model)."""
+        if self.scale_setting == "auto":
+            return 100 if numbers_are_single_tokens(self.loaded().tokenizer) else 9
+        return int(self.scale_setting)
 
     def validate(self) -> None:
         """Nothing to check without loading; loading errors are ModelError/ConfigError one-liners anyway."""

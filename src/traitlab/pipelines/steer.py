@@ -251,7 +251,8 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
                                            "openai, openai_compatible or hf_local (optionally with "
                                            "judge.perplexity_combine=min, as in judge=perplexity)")
     judge = make_judge(jcfg)  # checks keys, prompt files and templates
-    judge.validate()          # key present, server reachable
+    if cfg.mode != "rescore":  # re-scoring reads the judge cache: the judge's server need not be up
+        judge.validate()      # key present, server reachable
     check = getattr(judge, "check_trait_prompt", None) or getattr(getattr(judge, "judge", None),
                                                                   "check_trait_prompt", None)
     if check is not None:
