@@ -419,3 +419,38 @@ def test_python_callers_keep_the_values_they_changed(tmp_path):
                                         load_trait(d, root=tmp_path))
     assert (cfg.position.spec, cfg.layers) == ("prompt[-1]", "2")
     assert report["position.spec"]["applied"] is False
+
+
+def test_multi_turn_messages_lines(tmp_path):
+    conv = {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "How are you?"},
+                         {"role": "assistant", "content": "Great, thanks."}]}
+    d = make_trait(tmp_path, "c/t", {"positive.jsonl": jsonl(conv, {"messages": conv["messages"][1:4],
+                                                                    "response": "Fine."})})
+    a, b = load_trait(d, root=tmp_path).positive
+    assert (a.prompt, a.system_prompt, a.response, a.history) == ("How are you?", "Be kind.", "Great, thanks.",
+                                                                  (("Hi", "Hello!"),))
+    assert (b.prompt, b.system_prompt, b.response, b.n_turns) == ("How are you?", None, "Fine.", 2)
+    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
+    d = make_trait(tmp_path, "c/u", {"positive.jsonl": jsonl({"prompt": "x"}, bad)})
+    with pytest.raises(DataError, match=r"positive\.jsonl:2: messages\[1\] has role 'user'; expected 'assistant'"):
+        load_trait(d, root=tmp_path)
+
+
+def test_frames_the_data_cannot_have_fail_before_the_model(tmp_path):
+    from traitlab.data.frames import check_position_frames
+
+    rows = [{"prompt": "a", "system_prompt": "S", "response": "<think>hm</think> yes"}, {"prompt": "b", "response": "no"}]
+    d = make_trait(tmp_path, "c/t", {"positive.jsonl": jsonl(*rows)})
+    t = load_trait(d, root=tmp_path)
+    with pytest.raises(DataError, match=r"positive\.jsonl:2: position 'system\[:\]' needs a non-empty system_prompt"):
+        check_position_frames("system[:]", t, True)
+    with pytest.raises(DataError, match=r"positive\.jsonl:2: position 'thinking' needs a given response with a think"):
+        check_position_frames("thinking", t, True)
+    with pytest.raises(DataError, match=r"positive\.jsonl:1: .*generated"):
+        check_position_frames("thinking", t, False)
+    with pytest.raises(DataError, match=r"positive\.jsonl:1: position 'turn\[1\]:response' needs turn 1, but this "
+                                        r"example has 1 turn"):
+        check_position_frames("turn[1]:response", t, True)
+    check_position_frames("turn[-1]:response[:2]", t, True)
+    check_position_frames("prompt[-1]", t, True)

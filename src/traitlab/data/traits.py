@@ -4,7 +4,10 @@ A trait directory holds (see DESIGN.md "Data formats"):
 
 - ``positive.*`` (required) and ``negative.*`` (optional; when present the trait is *paired* and
   line i of each file forms a contrast pair, so their counts must match), each in exactly one of
-  ``.jsonl`` (``{"prompt", "system_prompt"?, "response"?}`` per line), ``.json``
+  ``.jsonl`` (``{"prompt", "system_prompt"?, "response"?}`` per line, or a multi-turn conversation
+  ``{"messages": [{"role": "system"|"user"|"assistant", "content"}, ...], "response"?}``: an optional
+  system message, then user/assistant turns; the last user message is the prompt and a final assistant
+  message is the response), ``.json``
   (``{"prompts": [...], "system_prompts"?: [...]}``, expanded as the cartesian product, prompts
   outer) or ``.txt`` (one prompt per line, blank lines skipped);
 - ``ood_positive.*`` / ``ood_negative.*``: same formats, compared as groups, so counts may differ;
@@ -41,7 +44,8 @@ from traitlab.io import content_hash
 
 FORMATS = (".jsonl", ".json", ".txt")
 POLARITIES = ("positive", "negative", "ood_positive", "ood_negative")
-EXAMPLE_KEYS = ("prompt", "system_prompt", "response")
+EXAMPLE_KEYS = ("prompt", "system_prompt", "response", "messages")
+ROLES = ("system", "user", "assistant")
 PROMPTS_JSON_KEYS = ("prompts", "system_prompts")
 STEERING_KEYS = ("questions", "direction", "eval_prompt")
 DIRECTIONS = {"positive": 1, "negative": -1}
@@ -65,6 +69,11 @@ class Example:
     system_prompt: str | None = None
     response: str | None = None
     source: str = ""  # "file:line", for messages about this example later on
+    history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns of a multi-turn conversation
+
+    @property
+    def n_turns(self) -> int:
+        return len(self.history) + 1
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,8 @@ class TraitDataset:
         which every job key holds, so a setting that the command line overrides changes nothing.
         """
 
-        def rows(examples: list[Example]) -> list[tuple[str, str | None, str | None]]:
-            return [(e.prompt, e.system_prompt, e.response) for e in examples]
+        def rows(examples: list[Example]) -> list[tuple[Any, ...]]:
+            return [(e.prompt, e.system_prompt, e.response) + ((e.history,) if e.history else ()) for e in examples]
 
         return content_hash("trait-v2", rows(self.positive), rows(self.negative), rows(self.ood_positive),
                             rows(self.ood_negative), self.paired)
@@ -204,6 +213,9 @@ def _load_jsonl(path: Path) -> list[Example]:
         unknown = sorted(set(obj) - set(EXAMPLE_KEYS))
         if unknown:
             raise DataError(path, f"unknown key {unknown[0]!r}; allowed keys: {', '.join(EXAMPLE_KEYS)}", line=n)
+        if "messages" in obj:
+            out.append(_conversation(path, n, obj))
+            continue
         if "prompt" not in obj:
             raise DataError(path, 'missing key "prompt" (a non-empty string)', line=n)
         prompt = _string(path, n, "prompt", obj["prompt"], allow_empty=False)
@@ -211,6 +223,43 @@ def _load_jsonl(path: Path) -> list[Example]:
         response = _optional_string(path, n, "response", obj.get("response"), allow_empty=False)
         out.append(Example(prompt, system, response, source=f"{path.name}:{n}"))
     return out
+
+
+def _conversation(path: Path, n: int, obj: dict[str, Any]) -> Example:
+    """A `messages` line: [system?] then user/assistant alternating; the last user message is the prompt."""
+    both = sorted({"prompt", "system_prompt"} & set(obj))
+    if both:
+        raise DataError(path, f'"messages" and "{both[0]}" together; a conversation carries its own prompt and '
+                              "system message", line=n)
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(path, '"messages" must be a non-empty array of {"role", "content"} objects', line=n)
+    system, turns, pending = None, [], None
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            raise DataError(path, f'messages[{i}] must be an object with exactly "role" and "content"', line=n)
+        role = m["role"]
+        content = _string(path, n, f"messages[{i}].content", m["content"], allow_empty=role == "system")
+        expected = "user" if pending is None else "assistant"
+        if role == "system" and i == 0:
+            system = content
+        elif role != expected:
+            raise DataError(path, f"messages[{i}] has role {role!r}; expected {expected!r} (an optional system "
+                                  "message first, then user and assistant turns in turn)", line=n)
+        elif role == "user":
+            pending = content
+        else:
+            turns.append((pending, content))
+            pending = None
+    response = _optional_string(path, n, "response", obj.get("response"), allow_empty=False)
+    if pending is None:  # ends with the assistant: that reply is the response
+        if not turns:
+            raise DataError(path, '"messages" has no user message', line=n)
+        if response is not None:
+            raise DataError(path, '"messages" ends with an assistant reply and "response" is given too; keep one',
+                            line=n)
+        pending, response = turns.pop()
+    return Example(pending, system, response, source=f"{path.name}:{n}", history=tuple(turns))
 
 
 def _string(path: Path, line: int | None, key: str, value: Any, allow_empty: bool) -> str:

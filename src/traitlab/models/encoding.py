@@ -23,14 +23,15 @@ class Encoded:
         return len(self.ids)
 
 
-def _starts_with_bos(tokenizer: Any, text: str) -> bool:
+def add_special_tokens_for(tokenizer: Any, prompt_text: str) -> bool:
+    """Add the tokenizer's special tokens (BOS) only when the formatted text does not already start with BOS."""
     bos = getattr(tokenizer, "bos_token", None)
-    return bool(bos) and text.startswith(bos)
+    return not (bool(bos) and prompt_text.startswith(bos))
 
 
 def encode(tokenizer: Any, prompt_text: str, response: str | None = None, max_length: int | None = None) -> Encoded:
     """Encode one formatted prompt and optional response; add BOS only if the text does not already have it."""
-    add_special = not _starts_with_bos(tokenizer, prompt_text)
+    add_special = add_special_tokens_for(tokenizer, prompt_text)
     p = tokenizer(prompt_text, add_special_tokens=add_special)["input_ids"]
     r = tokenizer(response, add_special_tokens=False)["input_ids"] if response else []
     ids = list(p) + list(r)

@@ -17,9 +17,10 @@ from traitlab.data import Example
 from traitlab.errors import DataError
 from traitlab.io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from traitlab.models.capture import TextPair, capture_pooled
-from traitlab.models.chat import format_prompt
+from traitlab.models.chat import PromptLayout, format_conversation, format_prompt
 from traitlab.models.generation import generate_texts
 from traitlab.models.loading import LoadedModel
+from traitlab.models.segments import thinking_chars
 from traitlab.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,16 @@ def model_key(lm: LoadedModel) -> str:
 
 
 def prompt_texts(lm: LoadedModel, examples: Sequence[Example]) -> list[str]:
-    return [format_prompt(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template) for e in examples]
+    return [format_prompt(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template, e.history)
+            for e in examples]
+
+
+def prompt_layouts(lm: LoadedModel, examples: Sequence[Example], responses: Sequence[str]) -> list[PromptLayout]:
+    """Formatted prompts with where their parts sit. A response that holds a thinking block is read in thinking
+    mode (the template then leaves the reasoning open for it instead of closing an empty block)."""
+    return [format_conversation(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template, e.history,
+                                thinking=thinking_chars(r or "") is not None)
+            for e, r in zip(examples, responses, strict=True)]
 
 
 def _locked(path: Path) -> FileLock:
@@ -76,7 +86,8 @@ def pooled_activations(
     layers: Sequence[int], batch_size: int, max_length: int, desc: str = "capture",
 ) -> torch.Tensor:
     """[N, len(layers), D] float32, cached by (model, texts, position, component, layers, max_length)."""
-    texts = prompt_texts(lm, examples)
+    layouts = prompt_layouts(lm, examples, responses)
+    texts = [lay.text for lay in layouts]
     key = content_hash("acts-v1", model_key(lm), texts, list(responses), position, component, list(layers),
                        max_length)
     path = cache_dir() / "activations" / f"{key}.safetensors"
@@ -90,7 +101,7 @@ def pooled_activations(
             except (DataError, KeyError):
                 pass
             log.warning("%s is damaged or stale: recapturing", path)
-        pairs = [TextPair(t, r) for t, r in zip(texts, responses, strict=True)]
+        pairs = [TextPair(lay.text, r, lay) for lay, r in zip(layouts, responses, strict=True)]
         acts = capture_pooled(lm, pairs, position=position, layers=layers, component=component,
                               batch_size=batch_size, max_length=max_length, desc=desc)
         faults.maybe_fail("capture")

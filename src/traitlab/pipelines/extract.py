@@ -26,6 +26,7 @@ from traitlab.core.metrics import accuracy, effect_size, polarity_correct
 from traitlab.core.positions import parse_position
 from traitlab.core.vecmath import batch_cosine_similarity, pairwise_cosine_matrix
 from traitlab.data import TraitDataset, load_trait, resolve_trait_dir
+from traitlab.data.frames import check_position_frames
 from traitlab.data.splits import split_indices
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
@@ -57,6 +58,7 @@ def validate_inputs(cfg: ExtractConfig, trait: TraitDataset | None = None) -> Tr
     """Everything checkable without the model: trait files, position DSL, component, method, split."""
     trait = trait or load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
     parse_position(cfg.position.spec)
+    check_position_frames(cfg.position.spec, trait, cfg.extraction.use_provided_responses)
     if cfg.component.name not in COMPONENTS:
         raise ConfigError("component", f"'{cfg.component.name}' is not one of {', '.join(COMPONENTS)}")
     get_method(cfg.method.name, **dict(cfg.method.kwargs))
