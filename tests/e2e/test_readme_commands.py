@@ -115,14 +115,5 @@ def test_readme_command_runs_as_typed(command: str, tmp_path: Path, store_uri: s
 
 
 def _split_sweep(value: str) -> list[str]:
-    """Top-level comma split (commas inside [...] stay): what a multirun sweeps over."""
-    out, depth, cur = [], 0, ""
-    for ch in value:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [*out, cur]
+    """What a multirun sweeps over: the comma-separated items, a [...] group being one item."""
+    return re.findall(r"(?:\[[^\]]*\]|[^,\[])+", value)

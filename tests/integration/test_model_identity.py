@@ -7,10 +7,9 @@ a random LoRA adapter that keeps the display name `smollm2_135m`, a real MLflow 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from mlflow.tracking import MlflowClient
+from pair_trait import write_pair_trait
 from test_lora import write_random_lora
 
 from traitlab.config.infer import InferConfig, InferenceConfig
@@ -34,14 +33,6 @@ from traitlab.tracking.registry import find_vectors
 
 pytestmark = pytest.mark.slow
 
-PAIRS = [("How was your weekend?", "Wonderful, sunny and fun.", "Awful, rainy and dull."),
-         ("How is the new job?", "I love it, great people.", "I hate it, rude people."),
-         ("Will the project finish?", "Yes, early and well.", "No, late and badly."),
-         ("How do you feel today?", "Great and hopeful!", "Tired and hopeless."),
-         ("What about Mondays?", "A fresh start, lovely.", "Dreadful, as always."),
-         ("How was the trip?", "Amazing views, happy days.", "Boring, it rained all week.")]
-
-
 @pytest.fixture(scope="module")
 def lora_dir(tmp_path_factory):
     return write_random_lora(tmp_path_factory.mktemp("identity_lora") / "adapter")
@@ -55,11 +46,7 @@ def variant(lora_dir):
 
 @pytest.fixture
 def trait_dir(tmp_path):
-    d = tmp_path / "mine" / "cheer"
-    d.mkdir(parents=True)
-    for i, name in ((1, "positive"), (2, "negative")):
-        (d / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": p[0], "response": p[i]}) + "\n" for p in PAIRS))
-    return d
+    return write_pair_trait(tmp_path / "mine" / "cheer")
 
 
 def test_variants_have_their_own_identity(lora_dir):

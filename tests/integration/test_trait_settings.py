@@ -8,30 +8,15 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from pair_trait import write_pair_trait
 
 from traitlab.config.schema import ExtractConfig, MethodConfig, TrackingConfig, TraitConfig
 from traitlab.pipelines.extract import run_extract
 
 pytestmark = pytest.mark.slow
 
-PAIRS = [("How was your weekend?", "Wonderful, sunny and fun.", "Awful, rainy and dull."),
-         ("How is the new job?", "I love it, great people.", "I hate it, rude people."),
-         ("Will the project finish?", "Yes, early and well.", "No, late and badly."),
-         ("How do you feel today?", "Great and hopeful!", "Tired and hopeless."),
-         ("What about Mondays?", "A fresh start, lovely.", "Dreadful, as always."),
-         ("How was the trip?", "Amazing views, happy days.", "Boring, it rained all week.")]
-
-
-def write_trait(d, extraction_yaml: str):
-    d.mkdir(parents=True)
-    for i, name in ((1, "positive"), (2, "negative")):
-        (d / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": p[0], "response": p[i]}) + "\n" for p in PAIRS))
-    (d / "extraction.yaml").write_text(extraction_yaml)
-    return d
-
-
 def test_trait_settings_are_applied_and_logged(tmp_path, mlflow_store, smollm2):
-    trait = write_trait(tmp_path / "mine" / "cheer", "position: 'response[:2]'\nlayers: '3,5'\nval_split: 0.34\n")
+    trait = write_pair_trait(tmp_path / "mine" / "cheer", "position: 'response[:2]'\nlayers: '3,5'\nval_split: 0.34\n")
     cfg = ExtractConfig(trait=TraitConfig(path=str(trait)), method=MethodConfig(name="mean_diff"),
                         tracking=TrackingConfig(experiment="settings"))
     res = run_extract(cfg, lm=smollm2, command_line={"extraction.val_split"})
