@@ -370,21 +370,28 @@ def trait_token_heatmap(
     return fig
 
 
-def _layer_lines(ax: Any, curves: Mapping[str, Mapping[int, float | None]]) -> list[int]:
+def _layer_lines(ax: Any, curves: Mapping[str, Mapping[int, float | None]],
+                 bands: Mapping[str, Mapping[int, tuple[float, float]]] | None = None) -> list[int]:
     layers = _per_key_layers(curves, "metric_by_layer")
     for name, per in curves.items():
         xs = sorted(int(layer) for layer in per)
         ys = _floats(per[layer] if layer in per else per[str(layer)] for layer in xs)
-        ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.1, label=_text(name, 24))
+        line = ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.1, label=_text(name, 24))[0]
+        band = (bands or {}).get(name)
+        if band:
+            bx = [x for x in xs if x in band]
+            lo, hi = _floats(band[x][0] for x in bx), _floats(band[x][1] for x in bx)
+            ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
     step = max(1, math.ceil(len(layers) / 30))
     ax.set_xticks(layers[::step], [str(layer) for layer in layers[::step]], fontsize=TICK_FONT)
     return layers
 
 
-def layer_curve_figure(metric_by_layer: Mapping[str, Mapping[int, float | None]], metric: str) -> Figure:
-    """One line per trait/method: a metric against layer index."""
+def layer_curve_figure(metric_by_layer: Mapping[str, Mapping[int, float | None]], metric: str,
+                       bands: Mapping[str, Mapping[int, tuple[float, float]]] | None = None) -> Figure:
+    """One line per trait/method: a metric against layer index; `bands` shades each line's 95% interval."""
     fig, ax = _new_figure(5.2, 3.2)
-    _layer_lines(ax, metric_by_layer)
+    _layer_lines(ax, metric_by_layer, bands)
     _style(ax, f"{metric} by layer", "layer", _text(metric, 40))
     ax.grid(alpha=0.3, linewidth=0.5)
     _legend(ax, len(metric_by_layer))
