@@ -162,3 +162,13 @@ def test_resolve_by_name_and_by_path(tmp_path):
         resolve_choice_set("../x", root=tmp_path)
     with pytest.raises(ConfigError, match="exactly one"):
         resolve_choice_set()
+
+
+def test_a_name_cannot_leave_the_sets_directory_through_a_symlink(tmp_path):
+    root, outside = tmp_path / "capability", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    jsonl(outside / "secret.jsonl", ROW)
+    (root / "link.jsonl").symlink_to(outside / "secret.jsonl")
+    with pytest.raises(ConfigError, match=r"capability\.set: 'link' leads outside .*use capability\.path="):
+        resolve_choice_set("link", root=root)

@@ -155,6 +155,20 @@ def test_choice_scores_accuracy_ties_and_categories():
     assert s.by_category() == {"a": (1, 2), "b": (0, 1)}
     assert s.correct_logprob == pytest.approx((-1.0 - 1.0 - 3.0) / 3)
     assert math.isnan(ChoiceScores([], []).accuracy)
+    acc = s.accuracy_interval()
+    assert (acc.mean, acc.n) == (pytest.approx(1 / 3), 3) and 0.0 < acc.low < 1 / 3 < acc.high < 1.0
+
+
+def test_change_from_pairs_items():
+    # Steered gets items 1 and 2 right, unsteered items 0 and 1: +0 overall, one item gained, one lost.
+    ref = ChoiceScores([[0.0, -1, -1, -1], [-1, 0.0, -1, -1], [0.0, -1, -1, -1]], answers=[0, 1, 2])
+    steered = ChoiceScores([[-1, 0.0, -1, -1], [-1, 0.0, -1, -1], [-1, -1, 0.0, -1]], answers=[0, 1, 2])
+    change = steered.change_from(ref)
+    assert change.mean == 0.0 and change.n == 3 and change.low < 0 < change.high
+    gain = steered.change_from(ChoiceScores([[0.0, -1, -1, -1]] * 3, answers=[0, 1, 2]))  # ref: 1 of 3
+    assert gain.mean == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="not on the same items"):
+        steered.change_from(ChoiceScores([[0.0, -1, -1, -1]] * 3, answers=[0, 1, 1]))
 
 
 def test_bad_arguments_fail_before_any_forward(tiny_lm):

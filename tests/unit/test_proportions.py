@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
+from traitlab.core.metrics import wilson_interval
 from traitlab.core.proportions import (
     accuracy_estimate,
     paired_accuracy_difference,
     paired_difference_interval,
     paired_table,
-    wilson_interval,
 )
 
 
@@ -28,13 +28,11 @@ def test_wilson_matches_published_values(k, n, low, high):
     assert (round(lo, 4), round(hi, 4)) == (low, high)
 
 
-def test_wilson_edges_and_undefined():
-    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
-    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+def test_accuracy_estimate_edges_and_undefined():
+    est = accuracy_estimate([True] * 10)
+    assert (est.mean, est.high, est.n) == (1.0, pytest.approx(1.0), 10) and est.low < 1.0
     est = accuracy_estimate([])
-    assert math.isnan(est.value) and est.n == 0 and not est.excludes_zero
-    with pytest.raises(ValueError):
-        wilson_interval(3, 2)
+    assert math.isnan(est.mean) and math.isnan(est.low) and est.n == 0 and not est.excludes_zero
 
 
 def test_paired_table_counts():
@@ -69,7 +67,7 @@ def test_paired_interval_is_narrower_than_ignoring_the_pairing():
 
 def test_no_change_gives_a_zero_centred_interval_not_a_point():
     est = paired_accuracy_difference([True] * 30 + [False] * 20, [True] * 30 + [False] * 20)
-    assert est.value == 0.0 and est.low < 0.0 < est.high and est.n == 50
+    assert est.mean == 0.0 and est.low < 0.0 < est.high and est.n == 50
     assert not est.excludes_zero
 
 

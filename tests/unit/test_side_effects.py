@@ -9,7 +9,7 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.patches import Rectangle
 
-from traitlab.core.proportions import Estimate
+from traitlab.core.proportions import Interval
 from traitlab.core.side_effects import EntanglementMatrix, pareto_front
 from traitlab.viz import figures as F
 
@@ -25,14 +25,14 @@ def test_pareto_front_by_hand():
         pareto_front([1.0], [])
 
 
-def shifts() -> dict[tuple[str, str], Estimate]:
+def shifts() -> dict[tuple[str, str], Interval]:
     return {
-        ("optimism", "optimism"): Estimate(0.8, 0.5, 1.1, 20),
-        ("optimism", "evil"): Estimate(-0.2, -0.35, -0.05, 20),
-        ("optimism", "refusal"): Estimate(0.1, -0.1, 0.3, 20),
-        ("evil", "evil"): Estimate(0.05, -0.1, 0.2, 20),  # the intended effect is noise
-        ("evil", "optimism"): Estimate(-0.4, -0.6, -0.2, 20),
-        ("refusal", "refusal"): Estimate(-0.5, -0.7, -0.3, 18),
+        ("optimism", "optimism"): Interval(0.8, 0.5, 1.1, 20),
+        ("optimism", "evil"): Interval(-0.2, -0.35, -0.05, 20),
+        ("optimism", "refusal"): Interval(0.1, -0.1, 0.3, 20),
+        ("evil", "evil"): Interval(0.05, -0.1, 0.2, 20),  # the intended effect is noise
+        ("evil", "optimism"): Interval(-0.4, -0.6, -0.2, 20),
+        ("refusal", "refusal"): Interval(-0.5, -0.7, -0.3, 18),
     }
 
 

@@ -1,4 +1,5 @@
-"""95% intervals for accuracies: Wilson's score interval for one, Newcombe's for a paired difference.
+"""95% intervals for accuracies: Wilson's score interval for one (core.metrics), Newcombe's for a paired
+difference.
 
 Why not the textbook p ± 1.96·sqrt(p(1-p)/n): at the sizes a capability check uses (~100-200 items) and
 accuracies near 0 or 1 it undercovers badly and collapses to zero width at p = 0 or 1. Wilson's score
@@ -17,44 +18,35 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
+from traitlab.core.metrics import wilson_interval
+
+Z95 = 1.959964  # two-sided 95% normal quantile, as core.metrics uses
 
 
 @dataclass(frozen=True)
-class Estimate:
-    """A point estimate with its 95% interval and the number of items it rests on."""
+class Interval:
+    """A mean (an accuracy is the mean of 0/1 outcomes) with its 95% interval and the items it rests on."""
 
-    value: float
+    mean: float
     low: float
     high: float
     n: int
+    level: float = 0.95
 
     @property
     def excludes_zero(self) -> bool:
-        """True when the whole interval lies on one side of 0 (False when undefined)."""
-        return self.low > 0.0 or self.high < 0.0
+        """True only for a defined interval strictly on one side of zero."""
+        return bool(math.isfinite(self.low) and math.isfinite(self.high) and (self.low > 0 or self.high < 0))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3g} [{self.low:.3g}, {self.high:.3g}] (n={self.n})"
 
 
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials; (nan, nan) when n == 0."""
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"wilson_interval: need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
-    # Exact ends at k = 0 and k = n (the formula gives them only up to rounding).
-    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
-
-
-def accuracy_estimate(correct: Sequence[bool]) -> Estimate:
+def accuracy_estimate(correct: Sequence[bool]) -> Interval:
     """Accuracy of a list of per-item outcomes with its Wilson interval."""
     n, k = len(correct), sum(bool(c) for c in correct)
     lo, hi = wilson_interval(k, n)
-    return Estimate(k / n if n else math.nan, lo, hi, n)
+    return Interval(k / n if n else math.nan, lo, hi, n)
 
 
 def paired_table(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, int, int, int]:
@@ -95,8 +87,8 @@ def paired_difference_interval(e: int, f: int, g: int, h: int, z: float = Z95) -
     return diff, max(-1.0, diff - lower), min(1.0, diff + upper)
 
 
-def paired_accuracy_difference(treated: Sequence[bool], reference: Sequence[bool]) -> Estimate:
+def paired_accuracy_difference(treated: Sequence[bool], reference: Sequence[bool]) -> Interval:
     """Accuracy of `treated` minus accuracy of `reference` on the same items, with Newcombe's interval."""
     e, f, g, h = paired_table(treated, reference)
     diff, lo, hi = paired_difference_interval(e, f, g, h)
-    return Estimate(diff, lo, hi, len(treated))
+    return Interval(diff, lo, hi, len(treated))

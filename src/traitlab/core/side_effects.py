@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from traitlab.core.proportions import Estimate
+from traitlab.core.proportions import Interval
 
 
 def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
@@ -52,9 +52,9 @@ class EntanglementMatrix:
     measure: str = "shift"
 
     @classmethod
-    def from_shifts(cls, shifts: Mapping[tuple[str, str], Estimate], traits: Sequence[str] | None = None,
+    def from_shifts(cls, shifts: Mapping[tuple[str, str], Interval], traits: Sequence[str] | None = None,
                     measure: str = "shift") -> EntanglementMatrix:
-        """Build from {(steered trait, measured trait): Estimate}; `traits` fixes the order (default: sorted)."""
+        """Build from {(steered trait, measured trait): Interval}; `traits` fixes the order (default: sorted)."""
         named = sorted({t for pair in shifts for t in pair})
         order = list(traits) if traits is not None else named
         unknown = [t for t in named if t not in order]
@@ -68,7 +68,7 @@ class EntanglementMatrix:
         index = {t: i for i, t in enumerate(order)}
         for (steered, measured), est in shifts.items():
             i, j = index[steered], index[measured]
-            delta[i, j], low[i, j], high[i, j], n[i, j] = est.value, est.low, est.high, est.n
+            delta[i, j], low[i, j], high[i, j], n[i, j] = est.mean, est.low, est.high, est.n
         return cls(order, delta, low, high, n, measure)
 
     def excludes_zero(self) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from traitlab import paths
-from traitlab.data.readers import read_jsonl, read_text, type_name
+from traitlab.data.readers import read_jsonl, read_text, relative_name, resolved_inside, type_name
 from traitlab.errors import ConfigError, DataError
 from traitlab.io import content_hash
 
@@ -91,10 +91,7 @@ def resolve_choice_set(name: str | None = None, path: str | Path | None = None, 
         return p.resolve()
     assert name is not None
     root = Path(root) if root is not None else default_choice_sets_root()
-    rel = Path(name)
-    if not name.strip() or rel.is_absolute() or ".." in rel.parts or name.startswith("~"):
-        raise ConfigError("capability.set", f"{name!r} must be a relative name like starter under {root} "
-                                            "(no '..', no absolute path); use capability.path= for a file elsewhere")
+    rel = relative_name(name, root, "capability.set", "starter", "capability.path", "a file")
     candidates = [root / rel] if rel.suffix in FORMATS else [root / f"{name}{s}" for s in FORMATS]
     found = [c for c in candidates if c.is_file()]
     if not found:
@@ -104,7 +101,7 @@ def resolve_choice_set(name: str | None = None, path: str | Path | None = None, 
     if len(found) > 1:
         raise ConfigError("capability.set", f"{name!r} exists as both {found[0].name} and {found[1].name} "
                                             f"under {root}; name the file with its suffix")
-    return found[0].resolve()
+    return resolved_inside(found[0], root, name, "capability.set", "capability.path", "a file")
 
 
 def load_choice_set(name: str | None = None, path: str | Path | None = None, root: Path | None = None) -> ChoiceSet:

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from traitlab.core.hooks import PerSampleSteering
+from traitlab.core.proportions import Interval, accuracy_estimate, paired_accuracy_difference
 from traitlab.data.multiple_choice import LETTERS, ChoiceItem
 from traitlab.errors import ConfigError, ModelError
 from traitlab.judge.hf_local import last_token_positions
@@ -142,6 +143,17 @@ class ChoiceScores:
         """Mean log-prob of the correct option, a smooth companion to accuracy (NaN for an empty set)."""
         vals = [lps[a] for lps, a in zip(self.option_logprobs, self.answers, strict=True)]
         return sum(vals) / len(vals) if vals else math.nan
+
+    def accuracy_interval(self) -> Interval:
+        """Accuracy with its 95% Wilson interval."""
+        return accuracy_estimate(self.correct)
+
+    def change_from(self, reference: ChoiceScores) -> Interval:
+        """Accuracy minus `reference`'s on the same items (e.g. steered minus unsteered), with Newcombe's
+        paired 95% interval."""
+        if reference.answers != self.answers:
+            raise ValueError("change_from: the two results are not on the same items")
+        return paired_accuracy_difference(self.correct, reference.correct)
 
     def predicted(self) -> list[int]:
         """Per item, the index of the top-scoring option."""
