@@ -98,7 +98,7 @@ def test_extraction_runs_on_the_variant(mlflow_store, smollm2, variant, lora_dir
     run = MlflowClient(mlflow_store).get_run(res.run_id)
     assert run.data.tags["model_name"] == VARIANT and run.data.params["model.lora"] == str(lora_dir)
     assert run.data.tags["model"] == variant.identity.key != smollm2.identity.key
-    assert run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics
+    assert run.info.status == "FINISHED" and "layer/val_accuracy" in run.data.metrics
     base = run_extract(replace(cfg, model=ModelSpec()))
     assert base.run_id != res.run_id
     # the variant's activations were used (not the base's cached ones): the vectors differ
