@@ -454,3 +454,17 @@ def test_frames_the_data_cannot_have_fail_before_the_model(tmp_path):
         check_position_frames("turn[1]:response", t, True)
     check_position_frames("turn[-1]:response[:2]", t, True)
     check_position_frames("prompt[-1]", t, True)
+
+
+def test_every_extraction_yaml_key_names_a_real_config_key():
+    """OVERRIDE_KEYS is hand-written in data/: each target must exist in the extract config schema."""
+    from omegaconf import OmegaConf
+
+    from traitlab.config.schema import ExtractConfig
+    from traitlab.data.traits import GENERATION_KEYS, OVERRIDE_KEYS
+
+    conf = OmegaConf.structured(ExtractConfig())
+    missing = [t for t in OVERRIDE_KEYS.values() if OmegaConf.select(conf, t, default="<absent>") == "<absent>"]
+    missing += [k for k in GENERATION_KEYS
+                if OmegaConf.select(conf, f"extraction.generation.{k}", default="<absent>") == "<absent>"]
+    assert missing == []

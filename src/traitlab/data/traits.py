@@ -57,7 +57,7 @@ OVERRIDE_KEYS = {"position": "position.spec", "layers": "layers", "component": "
                  "method": "method.name", "method_kwargs": "method.kwargs", "val_split": "extraction.val_split",
                  "batch_size": "extraction.batch_size", "max_length": "extraction.max_length",
                  "use_provided_responses": "extraction.use_provided_responses", "generation": "extraction.generation",
-                 "seed": "seed"}
+                 "cv_folds": "extraction.cv_folds", "n_bootstrap": "extraction.n_bootstrap", "seed": "seed"}
 GENERATION_KEYS = ("max_new_tokens", "batch_size", "do_sample", "temperature", "top_p")
 _KNOWN_FILES = {f"{p}{ext}" for p in POLARITIES for ext in FORMATS} | {
     "definition.txt", "steering.json", OVERRIDES_FILE}
