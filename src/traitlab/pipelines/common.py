@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -14,6 +15,7 @@ from filelock import FileLock
 from traitlab import faults
 from traitlab.config.schema import GenerationConfig
 from traitlab.data import Example
+from traitlab.data.texts import TextItem
 from traitlab.errors import DataError
 from traitlab.io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from traitlab.models.capture import TextPair, capture_pooled
@@ -114,3 +116,12 @@ def pooled_activations(
         faults.maybe_fail("capture")
         save_tensors(path, {"acts": acts}, {"position": position, "component": component})
     return acts
+
+
+def fill_responses(
+    lm: LoadedModel, items: Sequence[TextItem], inf: Any, seed: int
+) -> list[TextItem]:
+    """Items with responses: given ones kept, the rest generated (greedy/seeded, cached on disk)."""
+    examples = [Example(it.prompt, it.system_prompt, it.response) for it in items]
+    texts = responses_for(lm, examples, inf.generation, seed, use_provided=True, desc="generate")
+    return [TextItem(it.id, it.prompt, it.system_prompt, t) for it, t in zip(items, texts, strict=True)]

@@ -1,0 +1,204 @@
+"""Which vector to monitor for each (trait, layer): resolved through the MLflow registry (``best`` = the
+registry's best vector), fetched, optionally cleaned of massive dims, stacked per layer for the hooks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from traitlab.core.layers import parse_layers
+from traitlab.core.massive import zero_dims
+from traitlab.errors import ConfigError
+from traitlab.tracking.registry import VectorRef, best_vector, fetch_vector, find_vectors, traits_with_vectors
+
+if TYPE_CHECKING:
+    from traitlab.config.infer import InferenceConfig
+
+log = logging.getLogger(__name__)
+
+
+def trait_list(traits: Any) -> list[str] | None:
+    """`traits=` as a list: null -> None (all), "a,b" -> [a, b], [a, b] -> [a, b]."""
+    if traits is None or traits == "" or traits == []:
+        return None
+    if isinstance(traits, str):
+        return [t.strip() for t in traits.split(",") if t.strip()]
+    if isinstance(traits, Sequence) or hasattr(traits, "__iter__"):
+        out = [str(t).strip() for t in traits]
+        if all(out):
+            return out
+    raise ConfigError(
+        "traits", f"{traits!r} is not a trait list; expected null, [cat/name, ...] or 'cat/a,cat/b'"
+    )
+
+
+@dataclass
+class TraitVector:
+    """A vector chosen for (trait, layer): where it came from, the direction projected, its baseline."""
+
+    trait: str
+    layer: int
+    ref: VectorRef
+    vector: Tensor  # float32 [D]; massive dims zeroed when cleaning
+    baseline: float = 0.0  # training-centroid projection onto the unit vector (raw units); NaN: not logged
+    selection: str = ""  # why this vector: steering_delta | ood_effect_size | val_effect_size | layer
+
+    @property
+    def label(self) -> str:
+        return f"{self.trait} L{self.layer}"
+
+    def describe(self) -> dict[str, Any]:
+        r = self.ref
+        return {
+            "run_id": r.run_id,
+            "method": r.method,
+            "component": r.component,
+            "position": r.position,
+            "layer": self.layer,
+            "selection": self.selection,
+        }
+
+
+def resolve_traits(traits: Any, model: str, experiment: str, uri: str | None) -> list[str]:
+    names = trait_list(traits)
+    if names is not None:
+        return list(dict.fromkeys(names))
+    found = traits_with_vectors(model, experiment=experiment, uri=uri)
+    if not found:
+        raise ConfigError(
+            "traits",
+            f"no trait has extracted vectors for model {model!r} in experiment "
+            f"{experiment!r}; run launchers/extract.py first or name traits=[...]",
+        )
+    return found
+
+
+def vector_filters(inf: InferenceConfig) -> dict[str, str]:
+    filters = {"component": inf.component}
+    if inf.method:
+        filters["method"] = inf.method
+    if inf.position:
+        filters["position"] = inf.position
+    return filters
+
+
+def require_vectors(
+    traits: Sequence[str], model: str, inf: InferenceConfig, *, experiment: str, uri: str | None
+) -> None:
+    """Fail before the model loads when a trait has no vectors at all (the common first-run mistake)."""
+    filters = vector_filters(inf)
+    for trait in traits:
+        if not find_vectors(trait, model, experiment=experiment, uri=uri, **filters):
+            what = ", ".join(f"{k}={v}" for k, v in filters.items())
+            raise ConfigError(
+                "traits",
+                f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
+                f"{experiment!r}; extract first: python launchers/extract.py trait={trait}",
+            )
+
+
+def select_vectors(
+    traits: Sequence[str],
+    model: str,
+    layers: Any,
+    n_layers: int,
+    inf: InferenceConfig,
+    *,
+    experiment: str,
+    uri: str | None,
+    dim: int | None = None,
+) -> list[TraitVector]:
+    """Per trait: resolve ``layers`` (``best`` = the registry's best vector) and fetch one vector per layer.
+
+    At each layer the vector of the best vector's method/position is preferred, else the one with the
+    highest held-out effect size; layers with no vector at all are skipped with a warning.
+    """
+    filters = vector_filters(inf)
+    chosen: list[TraitVector] = []
+    for trait in traits:
+        best = best_vector(trait, model, experiment=experiment, uri=uri, **filters)
+        if best is None:
+            what = ", ".join(f"{k}={v}" for k, v in filters.items())
+            raise ConfigError(
+                "traits",
+                f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
+                f"{experiment!r}; extract first: python launchers/extract.py trait={trait}",
+            )
+        refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
+        wanted = parse_layers(layers, n_layers, best=best.layer)
+        missing = []
+        for layer in wanted:
+            if layer == best.layer:
+                ref, why = best, best.source
+            else:
+                here = [r for r in refs if r.layer == layer]
+                same = [r for r in here if (r.method, r.position) == (best.method, best.position)]
+                here.sort(key=lambda r: -r.metrics.get("val_effect_size", float("-inf")))
+                ref, why = ((same or here or [None])[0], "layer")
+            if ref is None:
+                missing.append(layer)
+                continue
+            v = fetch_vector(ref, uri=uri, experiment=experiment, expected_dim=dim).float()
+            base = ref.metrics.get("baseline")
+            baseline = (
+                float(base) / float(v.norm()) if base is not None and math.isfinite(base) else float("nan")
+            )
+            chosen.append(TraitVector(trait, layer, ref, v, baseline, why))
+        if missing:
+            have = sorted({r.layer for r in refs})
+            if len(missing) == len(wanted):
+                raise ConfigError(
+                    "layers",
+                    f"{layers!r} selects layers {wanted} for trait {trait!r} (best = "
+                    f"{best.layer}) but its vectors are at layers {have}",
+                )
+            log.warning("%s: no vector at layers %s (vectors at %s): skipped", trait, missing, have)
+    return chosen
+
+
+def warn_missing_baselines(vectors: Sequence[TraitVector]) -> None:
+    missing = [tv.label for tv in vectors if not math.isfinite(tv.baseline)]
+    if missing:
+        log.warning(
+            "centered: no baseline logged for %s (extracted before baselines were logged?): left uncentred",
+            ", ".join(missing),
+        )
+
+
+def apply_cleaning(vectors: list[TraitVector], dims_by_layer: dict[int, list[int]], centered: bool) -> None:
+    for tv in vectors:
+        dims = dims_by_layer.get(tv.layer, [])
+        if dims:
+            tv.vector = zero_dims(tv.vector, dims)
+    if centered and any(dims_by_layer.get(tv.layer) for tv in vectors):
+        log.warning("centered with clean_massive: the baseline was measured on the uncleaned vector")
+
+
+def vectors_by_layer(vectors: Sequence[TraitVector]) -> tuple[dict[int, Tensor], dict[int, int]]:
+    """Stacked [T_l, D] matrices per layer for the hooks, and each vector's column in its layer's matrix."""
+    rows: dict[int, list[Tensor]] = {}
+    column = {}
+    for i, tv in enumerate(vectors):
+        column[i] = len(rows.setdefault(tv.layer, []))
+        rows[tv.layer].append(tv.vector)
+    return {layer: torch.stack(vs) for layer, vs in rows.items()}, column
+
+
+def vector_keys(vectors: Sequence[TraitVector]) -> list[tuple]:
+    return [
+        (tv.trait, tv.layer, tv.ref.run_id, tv.ref.method, tv.ref.position, tv.ref.component)
+        for tv in vectors
+    ]
+
+
+def layers_by_trait(vectors: Sequence[TraitVector]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for tv in vectors:
+        out.setdefault(tv.trait, []).append(tv.layer)
+    return out
