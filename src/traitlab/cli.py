@@ -129,7 +129,7 @@ def conf_path() -> str:
     return str(Path(conf_dir()).resolve())
 
 
-STAGES = ("extract", "steer", "infer", "analyze")
+STAGES = ("extract", "steer", "infer", "analyze", "generate", "chat")
 
 
 def reject_unknown_keys(cfg: Any, prefix: str = "") -> None:
@@ -190,3 +190,22 @@ def infer() -> None:
 
 def analyze() -> None:
     launch("analyze")
+
+
+def generate() -> None:
+    launch("generate")
+
+
+def chat() -> None:
+    launch("chat")
+
+
+def main() -> None:
+    """`traitlab <stage> [overrides...]`: one entry point for every stage (`traitlab chat vectors=...`)."""
+    if len(sys.argv) < 2 or sys.argv[1] not in STAGES:
+        print(f"usage: traitlab {{{'|'.join(STAGES)}}} [key=value ...]   (Hydra overrides, -m for sweeps)",
+              file=sys.stderr)
+        sys.exit(2)
+    stage = sys.argv.pop(1)
+    sys.argv[0] = f"traitlab-{stage}"
+    launch(stage)

@@ -433,6 +433,77 @@ def steer(
                                    cap=cap))
 
 
+@dataclass
+class SteeringSetup:
+    """A complete steering configuration: vectors, their weights, one coefficient and a mode.
+
+    ``coefficient`` is a number or ``"best"`` (each layer's ``best_coefficients`` entry). Vector i is applied
+    with ``weight_i * coefficient`` (per layer for ``best``); ablate and cap ignore both. ``thresholds`` (one
+    {layer: tau} per vector) are needed by ``mode="cap"``.
+    """
+
+    vectors: list[SteeringVector]
+    weights: list[float] | None = None
+    coefficient: float | str = 1.0
+    mode: str = "add"
+    thresholds: list[dict[int, float]] | None = None
+    cap: str = "ceiling"
+
+    def __post_init__(self) -> None:
+        if not self.vectors:
+            raise ConfigError("vectors", "no vectors to apply")
+        self.weights = [1.0] * len(self.vectors) if self.weights is None else [float(w) for w in self.weights]
+        if len(self.weights) != len(self.vectors):
+            raise ConfigError("weights", f"{len(self.weights)} weights for {len(self.vectors)} vectors; give one each")
+        if self.mode not in MODES:
+            raise ConfigError("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+        if self.cap not in CAP_SIDES:
+            raise ConfigError("cap.side", f"{self.cap!r} is not one of {', '.join(CAP_SIDES)}")
+        if isinstance(self.coefficient, str):
+            if self.coefficient.strip().lower() != "best":
+                try:
+                    self.coefficient = float(self.coefficient)
+                except ValueError:
+                    raise ConfigError("coefficient", f"{self.coefficient!r} is not a number or best") from None
+            else:
+                self.coefficient = "best"
+                if self.mode in ("add", "add_response"):
+                    for v in self.vectors:
+                        missing = [lyr for lyr in v.layers if lyr not in v.best_coefficients]
+                        if missing:
+                            raise ConfigError("coefficient", f"coefficient=best: {v.label} has no steering result at "
+                                                             f"layers {missing}; run launchers/steer.py on them first "
+                                                             "or give a number")
+
+    @property
+    def additive(self) -> bool:
+        return self.mode in ("add", "add_response")
+
+    def coefficients(self) -> list[float | dict[int, float]]:
+        """Per vector: weight x coefficient (a {layer: value} mapping for ``best``)."""
+        assert self.weights is not None
+        if self.coefficient == "best":
+            return [{lyr: w * v.best_coefficients[lyr] for lyr in v.layers}
+                    for v, w in zip(self.vectors, self.weights, strict=True)]
+        return [w * float(self.coefficient) for w in self.weights]
+
+    def apply(self, model: Any, start: int | None = None) -> Steering:
+        return steer(model, self.vectors, self.coefficients(), mode=self.mode, start=start,
+                     thresholds=self.thresholds, cap=self.cap)
+
+    def describe(self) -> str:
+        """One line: what is applied, e.g. ``starter/optimism L12 x 8 (add)``."""
+        assert self.weights is not None
+        if not self.additive:
+            how = f"{self.cap} cap" if self.mode == "cap" else "ablated"
+            return " + ".join(v.label for v in self.vectors) + f" ({how})"
+        parts = []
+        for v, w, c in zip(self.vectors, self.weights, self.coefficients(), strict=True):
+            coef = ",".join(f"{x:.3g}" for x in c.values()) if isinstance(c, dict) else f"{c:.3g}"
+            parts.append(f"{v.label} x {coef}" + (f" (weight {w:g})" if w != 1 else ""))
+        return " + ".join(parts) + f" ({self.mode})"
+
+
 # ------------------------------------------------------------------------------------------ metadata
 
 
@@ -443,4 +514,4 @@ def _parse(value: str) -> Any:
         return value
 
 
-__all__ = ["MODES", "Steering", "SteeringVector", "steer", "steering_hooks"]
+__all__ = ["MODES", "Steering", "SteeringSetup", "SteeringVector", "steer", "steering_hooks"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -69,3 +71,30 @@ def test_bad_inputs_raise_one_line_errors():
         auroc([1.0, float("nan")], [0.0])
     with pytest.raises(TraitlabError, match="must be 1-D"):
         effect_size(np.zeros((2, 2)), [1.0])
+
+
+def test_paired_bootstrap_interval_matches_the_normal_theory_one():
+    from traitlab.core.metrics import paired_bootstrap
+
+    g = torch.Generator().manual_seed(0)
+    before = torch.randn(400, generator=g, dtype=torch.float64)
+    diff = 0.3 + 0.5 * torch.randn(400, generator=g, dtype=torch.float64)
+    s = paired_bootstrap(before, before + diff, n_boot=4000)
+    half = 1.96 * float(diff.std()) / math.sqrt(400)  # t/normal interval of a mean, computed by hand
+    assert s.n == 400 and s.mean == pytest.approx(float(diff.mean()), abs=1e-12)
+    assert s.low == pytest.approx(float(diff.mean()) - half, abs=0.01)
+    assert s.high == pytest.approx(float(diff.mean()) + half, abs=0.01)
+    assert s.excludes_zero
+
+
+def test_paired_bootstrap_drops_undefined_pairs_and_says_nan():
+    from traitlab.core.metrics import paired_bootstrap
+
+    s = paired_bootstrap([1.0, float("nan"), 2.0, 4.0], [2.0, 5.0, float("nan"), 4.5])
+    assert s.n == 2 and s.mean == pytest.approx(0.75)
+    assert 0.5 <= s.low <= s.high <= 1.0  # resamples of the differences {1.0, 0.5}
+    one = paired_bootstrap([1.0], [3.0])
+    assert one.n == 1 and one.mean == 2.0 and math.isnan(one.low) and math.isnan(one.high)
+    assert not one.excludes_zero
+    none = paired_bootstrap([float("nan")], [1.0])
+    assert none.n == 0 and math.isnan(none.mean)

@@ -7,6 +7,7 @@ accuracy near 0 and a negative effect size, which is how polarity errors show up
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -74,3 +75,43 @@ def auroc(pos_scores: ScoreLike, neg_scores: ScoreLike) -> float:
     below = np.searchsorted(neg, pos, side="left")
     ties = np.searchsorted(neg, pos, side="right") - below
     return float((below.sum() + 0.5 * ties.sum()) / (pos.size * neg.size))
+
+
+@dataclass(frozen=True)
+class PairedShift:
+    """Mean of paired differences (after - before) with a percentile bootstrap interval; NaN when undefined."""
+
+    mean: float
+    low: float
+    high: float
+    n: int  # pairs with both values finite
+
+    @property
+    def excludes_zero(self) -> bool:
+        return bool(self.low > 0 or self.high < 0)  # False for a NaN interval
+
+
+def paired_bootstrap(before: ScoreLike, after: ScoreLike, *, n_boot: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> PairedShift:
+    """Shift ``after - before`` over pairs (e.g. one prompt unsteered vs steered), resampling pairs.
+
+    Pairs with a non-finite value on either side are dropped and not counted in ``n``. With n = 0 every field
+    is NaN; with n = 1 the mean is defined but the interval is not (NaN).
+    """
+    a = np.asarray(before.detach().cpu() if isinstance(before, torch.Tensor) else before, dtype=np.float64)
+    b = np.asarray(after.detach().cpu() if isinstance(after, torch.Tensor) else after, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise TraitlabError(f"paired scores must be two 1-D arrays of one length, got {a.shape} and {b.shape}")
+    if not 0 < level < 1 or n_boot < 1:
+        raise TraitlabError(f"level must be in (0, 1) and n_boot >= 1, got {level}, {n_boot}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = (b - a)[keep]
+    n = int(d.size)
+    nan = float("nan")
+    if n == 0:
+        return PairedShift(nan, nan, nan, 0)
+    if n == 1:
+        return PairedShift(float(d[0]), nan, nan, 1)
+    means = d[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return PairedShift(float(d.mean()), float(low), float(high), n)

@@ -99,3 +99,75 @@ def load_source(prompt_set: str, responses: str | None, max_prompts: int | None)
             raise ConfigError("inference.max_prompts", f"{max_prompts} must be >= 1 (or null for all)")
         items = items[:max_prompts]
     return Source(name, items, given)
+
+
+# -------------------------------------------------------------------------------------- conversations
+
+ROLES = ("system", "user", "assistant")
+CONVERSATIONS_EXPECTED = (
+    'one JSON object per line: {"id"?, "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]} '
+    "ending with a user turn"
+)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Turns so far (the last one the user's); the model writes the next assistant turn."""
+
+    id: str
+    messages: tuple[dict[str, str], ...]
+
+    @property
+    def prompt(self) -> str:
+        return self.messages[-1]["content"]
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self.messages[0]["content"] if self.messages[0]["role"] == "system" else None
+
+    @property
+    def turns(self) -> int:
+        return sum(m["role"] == "user" for m in self.messages)
+
+    @classmethod
+    def single(cls, id: str, prompt: str, system_prompt: str | None = None) -> Conversation:
+        system = ({"role": "system", "content": system_prompt},) if system_prompt else ()
+        return cls(id, (*system, {"role": "user", "content": prompt}))
+
+
+def load_conversations(path: str | Path) -> list[Conversation]:
+    """Multi-turn conversations from a .jsonl file; any problem is a DataError naming file:line."""
+    from traitlab.data.readers import read_jsonl
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError("conversations", f"{p} is not a file; expected {CONVERSATIONS_EXPECTED}")
+    out, seen = [], {}
+    for i, (line, v) in enumerate(read_jsonl(p, CONVERSATIONS_EXPECTED)):
+        if not isinstance(v, dict):
+            raise DataError(p, f"expected an object, got {type_name(v)}; {CONVERSATIONS_EXPECTED}", line=line)
+        unknown = sorted(set(v) - {"id", "messages"})
+        if unknown:
+            raise DataError(p, f"unknown key {unknown[0]!r}; allowed: id, messages", line=line)
+        msgs = v.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(p, f'"messages" must be a non-empty array; {CONVERSATIONS_EXPECTED}', line=line)
+        clean = []
+        for j, m in enumerate(msgs):
+            if not isinstance(m, dict) or set(m) != {"role", "content"}:
+                raise DataError(p, f'message {j}: expected {{"role", "content"}}, got {m!r:.80}', line=line)
+            if m["role"] not in ROLES or (m["role"] == "system" and j != 0):
+                raise DataError(p, f"message {j}: role {m['role']!r} must be one of {', '.join(ROLES)} "
+                                   "(system only first)", line=line)
+            if not isinstance(m["content"], str) or not m["content"].strip():
+                raise DataError(p, f'message {j}: "content" must be a non-empty string', line=line)
+            clean.append({"role": m["role"], "content": m["content"]})
+        if clean[-1]["role"] != "user":
+            raise DataError(p, f"the last message is {clean[-1]['role']!r}; expected a user turn to answer",
+                            line=line)
+        cid = str(v.get("id", i))
+        if cid in seen:
+            raise DataError(p, f"duplicate id {cid!r} (first on line {seen[cid]})", line=line)
+        seen[cid] = line
+        out.append(Conversation(cid, tuple(clean)))
+    return out

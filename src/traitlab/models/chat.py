@@ -34,13 +34,21 @@ def format_prompt(
     tokenizer: Any, prompt: str, system_prompt: str | None = None, use_chat_template: bool = True
 ) -> str:
     """Return the text up to where the model's response starts."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return format_conversation(tokenizer, [*messages, {"role": "user", "content": prompt}], use_chat_template)
+
+
+def format_conversation(tokenizer: Any, messages: list[dict[str, str]], use_chat_template: bool = True) -> str:
+    """Return the text of a conversation (system?, user, assistant, ..., user) up to the next response.
+
+    A leading system message is folded into the first user turn when the template has no system role;
+    without a chat template the turns' texts are joined by blank lines.
+    """
     if not use_chat_template:
-        return f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
-    messages: list[dict[str, str]] = []
-    if system_prompt:
-        if supports_system_role(tokenizer):
-            messages.append({"role": "system", "content": system_prompt})
-        else:
-            prompt = f"{system_prompt}\n\n{prompt}"
-    messages.append({"role": "user", "content": prompt})
+        return "\n\n".join(m["content"] for m in messages)
+    messages = [dict(m) for m in messages]
+    if messages and messages[0]["role"] == "system" and not supports_system_role(tokenizer):
+        system = messages.pop(0)["content"]
+        if messages:
+            messages[0]["content"] = f"{system}\n\n{messages[0]['content']}"
     return _apply(tokenizer, messages)

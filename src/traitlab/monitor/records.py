@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from traitlab.monitor.vectors import TraitVector
 
 
-def _floats(t: Tensor) -> list[float]:
-    return [float(x) for x in t.tolist()]
+def _floats(t: Tensor) -> list[float | None]:
+    """JSON-ready values; a token without a score (never fed to the model) is None, not NaN."""
+    return [float(x) if math.isfinite(x) else None for x in t.tolist()]
 
 
 def build_record(
@@ -45,7 +46,8 @@ def build_record(
     for i, tv in enumerate(vectors):
         raw = scored.scores[tv.layer][:, columns[i]]
         base = tv.baseline if centered and math.isfinite(tv.baseline) else 0.0
-        modes = score_modes(raw, scored.norms[tv.layer], mean_over=response_mask, baseline=base)
+        norms = scored.norms[tv.layer]
+        modes = score_modes(raw, norms, mean_over=response_mask & torch.isfinite(norms), baseline=base)
         entry = {
             "scores": _floats(modes[score_mode]),
             "mode": score_mode,

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def trait_list(traits: Any) -> list[str] | None:
-    """`traits=` as a list: null -> None (all), "a,b" -> [a, b], [a, b] -> [a, b]."""
+def trait_list(traits: Any, key: str = "traits") -> list[str] | None:
+    """`traits=` as a list: null -> None (all), "a,b" -> [a, b], [a, b] -> [a, b]; ``key`` names it in errors."""
     if traits is None or traits == "" or traits == []:
         return None
     if isinstance(traits, str):
@@ -34,7 +34,7 @@ def trait_list(traits: Any) -> list[str] | None:
         if all(out):
             return out
     raise ConfigError(
-        "traits", f"{traits!r} is not a trait list; expected null, [cat/name, ...] or 'cat/a,cat/b'"
+        key, f"{traits!r} is not a list; expected null, [cat/name, ...] or 'cat/a,cat/b'"
     )
 
 
