@@ -1,0 +1,55 @@
+"""launchers/generate.py by subprocess: one run as typed in bash, the same run from Python (traitlab.api finds
+the CLI's run: same config, same job key), and a multirun sweep over coefficients under one parent run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from traitlab import api
+from traitlab.config.schema import ExtractConfig, MethodConfig, TrackingConfig, TraitConfig
+from traitlab.pipelines.extract import run_extract
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+COMMON = ["vectors=starter/optimism", "layers=10", "prompt=Describe your Monday.", "generation.max_new_tokens=8",
+          "tracking.experiment=e2e-gen"]
+
+
+def _launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TQDM_DISABLE="1")
+    return subprocess.run([sys.executable, str(ROOT / "launchers" / "generate.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_generate_cli_api_and_sweep(mlflow_store, tmp_path, smollm2):
+    run_extract(ExtractConfig(trait=TraitConfig(name="starter/optimism"), method=MethodConfig(name="mean_diff"),
+                              layers="10", tracking=TrackingConfig(experiment="e2e-gen")), lm=smollm2)
+    proc = _launch(*COMMON, "coefficient=8", f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = re.search(r"MLflow run: ([0-9a-f]{32})", proc.stdout).group(1)
+    assert "unsteered:" in proc.stdout and re.search(r"starter/optimism L10: .* shift .* \(n=1\)", proc.stdout)
+
+    same = api.generate(vectors="starter/optimism", layers=10, prompt="Describe your Monday.",
+                        generation={"max_new_tokens": 8}, tracking={"experiment": "e2e-gen"}, coefficient=8, lm=smollm2)
+    assert same.skipped and same.run_id == run_id  # the notebook composed the CLI's config exactly
+
+    sweep = _launch("-m", *COMMON, "coefficient=0,16", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    parent = re.search(r"MLflow parent run: ([0-9a-f]{32})", sweep.stdout).group(1)
+    client = MlflowClient(mlflow_store)
+    kids = client.search_runs([client.get_run(parent).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    by_coef = {r.data.params["coefficient"]: r for r in kids}
+    assert sorted(by_coef) == ["0", "16"]
+    zero = by_coef["0"].info.run_id
+    table = client.load_table(experiment_id=by_coef["0"].info.experiment_id, artifact_file="tables/side_by_side.json",
+                              run_ids=[zero])
+    assert list(table["unsteered"]) == list(table["steered"])  # coefficient 0 changes nothing
+    assert [m.value for m in client.get_metric_history(zero, "layer/shift/starter/optimism")] == [0.0]
