@@ -331,16 +331,8 @@ def _per_layer(coefficient: float | Mapping[int, float], layers: Sequence[int], 
     return dict.fromkeys(layers, float(coefficient))
 
 
-def steering_hooks(
-    model: Any,
-    vectors: Sequence[SteeringVector],
-    coefficients: Sequence[float | Mapping[int, float]],
-    *,
-    mode: str = "add",
-    start: int | None = None,
-    thresholds: Sequence[Mapping[int, float]] | None = None,
-    cap: str = "ceiling",
-) -> list[Any]:
+def _hooks(model: Any, vectors: Sequence[SteeringVector], coefficients: Sequence[float | Mapping[int, float]],
+           mode: str, start: int | None, thresholds: Sequence[Mapping[int, float]] | None, cap: str) -> list[Any]:
     """The core hooks (not yet entered) that apply ``vectors`` together; shapes are checked here.
 
     Several vectors compose: in the additive modes the deltas ``coefficient_i * v_i`` sharing a layer are
@@ -429,8 +421,7 @@ def steer(
 ) -> Steering:
     """Several vectors at once: ``with steer(model, [a, b], [4.0, 2.0]): ...``. Bad settings fail here, before
     any hook is registered; the model is restored when the block ends."""
-    return Steering(steering_hooks(model, vectors, coefficients, mode=mode, start=start, thresholds=thresholds,
-                                   cap=cap))
+    return Steering(_hooks(model, vectors, coefficients, mode, start, thresholds, cap))
 
 
 @dataclass
@@ -514,4 +505,4 @@ def _parse(value: str) -> Any:
         return value
 
 
-__all__ = ["MODES", "Steering", "SteeringSetup", "SteeringVector", "steer", "steering_hooks"]
+__all__ = ["MODES", "Steering", "SteeringSetup", "SteeringVector", "steer"]

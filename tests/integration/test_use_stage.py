@@ -247,3 +247,5 @@ def test_generate_errors_before_the_model_loads(store, monkeypatch):
         generate.run_generate(_gen_cfg(weights=[1, 2]))
     with pytest.raises(ConfigError, match="no such vector file"):
         generate.run_generate(_gen_cfg(vectors="missing.safetensors"))
+    with pytest.raises(ConfigError, match="config monitor: no vectors of trait 'starter/refusal'"):
+        generate.run_generate(_gen_cfg(monitor=["starter/refusal"]))

@@ -1,6 +1,6 @@
 """Structured config of the generate stage (conf/generate.yaml) and of chat (conf/chat.yaml).
 
-Both steer with the same keys: `vectors=starter/optimism coefficient=8 mode=add`, `vectors='a,b' weights='1,0.5'`,
+Both steer with the same keys: `vectors=starter/optimism coefficient=8 mode=add`, `vectors=[a,b] weights=[1,0.5]`,
 `coefficient=best` (the steering study's best coherent coefficient), and monitor traits per token with
 `monitor=[starter/refusal] monitor_layers=best`.
 """
@@ -26,7 +26,7 @@ class UseConfig:
 
     model: ModelSpec = field(default_factory=ModelSpec)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    vectors: Any = "starter/optimism"  # trait | run:<id> | file.safetensors; several: 'a,b' or [a, b]
+    vectors: Any = "starter/optimism"  # trait | run:<id> | file.safetensors; several: [a,b] (or the string 'a,b')
     layers: Any = "best"  # layer DSL for registry vectors (best = the registry's best vector)
     method: str | None = None  # registry filters (null: the best vector's)
     position: str | None = None
@@ -35,7 +35,7 @@ class UseConfig:
     coefficient: Any = 8.0  # a number, or best: each layer's best coherent coefficient from the steering study
     mode: str = "add"  # add | add_response | ablate | cap
     cap: CapConfig = field(default_factory=CapConfig)
-    monitor: Any = None  # traits watched per token (null: the steered traits); [cat/a, ...] or 'a,b'
+    monitor: Any = None  # traits watched per token (null: the steered traits); [cat/a, ...] (or 'a,b')
     monitor_layers: Any = "best"  # layer DSL of the monitored vectors
     score_mode: str = "normalized"  # raw | normalized | cosine (views and mean shifts)
     generation: GenerationConfig = field(default_factory=GenerationConfig)

@@ -89,7 +89,7 @@ def vector_filters(inf: InferenceConfig) -> dict[str, str]:
 
 
 def require_vectors(
-    traits: Sequence[str], model: str, inf: InferenceConfig, *, experiment: str, uri: str | None
+    traits: Sequence[str], model: str, inf: InferenceConfig, *, experiment: str, uri: str | None, key: str = "traits"
 ) -> None:
     """Fail before the model loads when a trait has no vectors at all (the common first-run mistake)."""
     filters = vector_filters(inf)
@@ -97,7 +97,7 @@ def require_vectors(
         if not find_vectors(trait, model, experiment=experiment, uri=uri, **filters):
             what = ", ".join(f"{k}={v}" for k, v in filters.items())
             raise ConfigError(
-                "traits",
+                key,
                 f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
                 f"{experiment!r}; extract first: python launchers/extract.py trait={trait}",
             )

@@ -28,7 +28,13 @@ from traitlab.monitor.records import build_record
 from traitlab.monitor.scoring import decode_tokens
 from traitlab.monitor.vectors import TraitVector, vectors_by_layer
 from traitlab.monitor.views import write_views
-from traitlab.pipelines.common import model_key, monitored_vectors, set_cap_thresholds, steering_setup
+from traitlab.pipelines.common import (
+    check_monitored,
+    model_key,
+    monitored_vectors,
+    set_cap_thresholds,
+    steering_setup,
+)
 from traitlab.steering_vector import MODES, SteeringSetup, SteeringVector
 from traitlab.tracking.runs import job_run
 from traitlab.viz.token_view import token_colour
@@ -254,7 +260,8 @@ def run_chat(cfg: ChatConfig, lm: LoadedModel | None = None, read: Callable[[], 
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = console or Console(highlight=False, soft_wrap=True)
-    setup = steering_setup(cfg)  # bad vectors / coefficients fail before the model loads
+    setup = steering_setup(cfg)  # bad vectors, coefficients or monitored traits fail before the model loads
+    check_monitored(cfg)
     lm = lm or load_model(cfg.model)
     set_cap_thresholds(lm, setup, cfg.cap.quantile, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
     monitored = monitored_vectors(cfg, setup, lm)

@@ -212,26 +212,39 @@ def set_cap_thresholds(lm: LoadedModel, setup: Any, quantile: float, *, experime
                         for v in setup.vectors]
 
 
+def _monitor_filters(cfg: Any) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(component=cfg.component, method=None, position=None)
+
+
+def check_monitored(cfg: Any) -> None:
+    """Before the model loads: every trait named in ``monitor`` has registered vectors."""
+    from traitlab.monitor.vectors import require_vectors, trait_list
+
+    named = trait_list(cfg.monitor, key="monitor")
+    if named:
+        require_vectors(named, cfg.model.name, _monitor_filters(cfg), experiment=cfg.tracking.experiment,
+                        uri=cfg.tracking.uri, key="monitor")
+
+
 def monitored_vectors(cfg: Any, setup: Any, lm: LoadedModel) -> list[Any]:
     """The (trait, layer) vectors watched per token: ``monitor`` traits (default: the steered ones) from the
     registry at ``monitor_layers``; a steered vector whose trait has no registered vectors is watched itself."""
-    from types import SimpleNamespace
-
     from traitlab.core.components import component_dim
-    from traitlab.monitor.vectors import TraitVector, require_vectors, select_vectors, trait_list
+    from traitlab.monitor.vectors import TraitVector, select_vectors, trait_list
     from traitlab.tracking.registry import VectorRef, find_vectors
 
     tracking = {"experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
-    filters = SimpleNamespace(component=cfg.component, method=None, position=None)
     named = trait_list(cfg.monitor, key="monitor")
     if named is not None:
-        require_vectors(named, lm.name, filters, **tracking)
+        check_monitored(cfg)
         registered, own = list(dict.fromkeys(named)), []
     else:
         steered = list(dict.fromkeys(v.trait for v in setup.vectors if v.trait))
         registered = [t for t in steered if find_vectors(t, lm.name, component=cfg.component, **tracking)]
         own = [v for v in setup.vectors if v.trait not in registered]
-    chosen = select_vectors(registered, lm.name, cfg.monitor_layers, lm.n_layers, filters,
+    chosen = select_vectors(registered, lm.name, cfg.monitor_layers, lm.n_layers, _monitor_filters(cfg),
                             dim=component_dim(lm.model, cfg.component), **tracking) if registered else []
     for v in own:
         for layer in v.layers:

@@ -32,7 +32,13 @@ from traitlab.monitor.records import build_record, response_scores
 from traitlab.monitor.scoring import decode_tokens
 from traitlab.monitor.vectors import TraitVector, vector_keys, vectors_by_layer
 from traitlab.monitor.views import write_views
-from traitlab.pipelines.common import model_key, monitored_vectors, set_cap_thresholds, steering_setup
+from traitlab.pipelines.common import (
+    check_monitored,
+    model_key,
+    monitored_vectors,
+    set_cap_thresholds,
+    steering_setup,
+)
 from traitlab.steering_vector import SteeringSetup
 from traitlab.tracking.artifacts import TABLES
 from traitlab.tracking.runs import JobRun, stage_run
@@ -83,7 +89,9 @@ def validate(cfg: GenerateConfig) -> tuple[str, list[Conversation], SteeringSetu
     """Everything checkable before the model loads."""
     check_score_mode(cfg.score_mode, "score_mode")
     name, convs = load_conversations_of(cfg)
-    return name, convs, steering_setup(cfg)
+    setup = steering_setup(cfg)
+    check_monitored(cfg)
+    return name, convs, setup
 
 
 # ------------------------------------------------------------------------------------------------ scoring
