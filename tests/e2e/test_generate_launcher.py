@@ -3,6 +3,7 @@ the CLI's run: same config, same job key), and a multirun sweep over coefficient
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -53,3 +54,8 @@ def test_generate_cli_api_and_sweep(mlflow_store, tmp_path, smollm2):
                               run_ids=[zero])
     assert list(table["unsteered"]) == list(table["steered"])  # coefficient 0 changes nothing
     assert [m.value for m in client.get_metric_history(zero, "layer/shift/starter/optimism")] == [0.0]
+    sweep_table = json.loads(Path(client.download_artifacts(parent, "tables/generate_sweep.json")).read_text())
+    rows = [dict(zip(sweep_table["columns"], r, strict=True)) for r in sweep_table["data"]]
+    assert sorted((r["coefficient"], r["trait"], r["layer"]) for r in rows) == [
+        ("0", "starter/optimism", 10), ("16", "starter/optimism", 10)]
+    assert next(r["shift"] for r in rows if r["coefficient"] == "0") == 0.0
