@@ -28,8 +28,10 @@ def test_chat_session_in_a_terminal(mlflow_store, tmp_path, smollm2):
         run_extract(ExtractConfig(trait=TraitConfig(name=trait), method=MethodConfig(name="mean_diff"),
                                   layers="10", tracking=TrackingConfig(experiment="chat")), lm=smollm2)
     env = dict(os.environ, TERM="xterm-256color", COLORTERM="truecolor", TQDM_DISABLE="1", COLUMNS="200")
-    args = [str(ROOT / "launchers" / "chat.py"), "vectors=starter/optimism", "layers=10", "coefficient=8",
-            "generation.max_new_tokens=8", "tracking.experiment=chat", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    # `traitlab chat ...` (the console script calls traitlab.cli:main)
+    args = ["-c", "from traitlab.cli import main; main()", "chat", "vectors=starter/optimism", "layers=10",
+            "coefficient=8", "generation.max_new_tokens=8", "tracking.experiment=chat",
+            f"hydra.run.dir={tmp_path / 'hydra'}"]
     child = pexpect.spawn(sys.executable, args, cwd=str(ROOT), env=env, encoding="utf-8", timeout=300,
                           dimensions=(40, 200))
     transcript = []

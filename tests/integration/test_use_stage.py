@@ -249,3 +249,14 @@ def test_generate_errors_before_the_model_loads(store, monkeypatch):
         generate.run_generate(_gen_cfg(vectors="missing.safetensors"))
     with pytest.raises(ConfigError, match="config monitor: no vectors of trait 'starter/refusal'"):
         generate.run_generate(_gen_cfg(monitor=["starter/refusal"]))
+
+
+def test_add_response_starts_at_the_last_prompt_token(store, smollm2):
+    from traitlab.pipelines.generate import run_generate
+
+    res = run_generate(_gen_cfg(mode="add_response", monitor_layers="12", max_prompts=1), lm=smollm2)
+    plain, steered = res.records["unsteered"][0], res.records["steered"][0]
+    n = plain["n_prompt_tokens"]
+    a, b = _raw(plain, 12)[:n], _raw(steered, 12)[:n]
+    assert a[:-1] == pytest.approx(b[:-1], abs=1e-4)  # the prompt before its last token is not steered
+    assert abs(a[-1] - b[-1]) > 0.1  # the last prompt token, which produces the first answer token, is
