@@ -47,7 +47,7 @@ def test_conversations_file_and_its_errors(tmp_path):
                  + json.dumps({"messages": [{"role": "user", "content": "only"}]}) + "\n")
     convs = load_conversations(f)
     assert [c.id for c in convs] == ["a", "1"] and convs[0].prompt == "U2" and convs[0].system_prompt == "S"
-    assert convs[0].turns == 2 and convs[1].system_prompt is None
+    assert len(convs[0].messages) == 4 and convs[1].system_prompt is None
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n"
                    + json.dumps({"messages": [{"role": "user", "content": "x"},

@@ -125,10 +125,6 @@ class Conversation:
     def system_prompt(self) -> str | None:
         return self.messages[0]["content"] if self.messages[0]["role"] == "system" else None
 
-    @property
-    def turns(self) -> int:
-        return sum(m["role"] == "user" for m in self.messages)
-
     @classmethod
     def single(cls, id: str, prompt: str, system_prompt: str | None = None) -> Conversation:
         system = ({"role": "system", "content": system_prompt},) if system_prompt else ()

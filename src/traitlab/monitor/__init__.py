@@ -6,4 +6,5 @@ records      the per-prompt record (tokens, score modes, norms) and its summarie
 views        JSON / HTML / PNG views of records and their logging to an MLflow run
 calibration  massive-activation calibration stored per model
 captures     raw per-token activations on disk (capture now, re-project later)
+generation   generate (optionally steered) with the projections taken in the same forward passes
 """
