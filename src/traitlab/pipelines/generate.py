@@ -21,7 +21,7 @@ import torch
 
 from traitlab.config.generate import GenerateConfig
 from traitlab.core.analysis import check_score_mode
-from traitlab.core.metrics import paired_bootstrap
+from traitlab.core.proportions import paired_bootstrap
 from traitlab.data.texts import Conversation, TextItem, load_conversations, load_source
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
@@ -41,6 +41,7 @@ from traitlab.pipelines.common import (
 )
 from traitlab.steering_vector import SteeringSetup
 from traitlab.tracking.artifacts import TABLES
+from traitlab.tracking.names import layer_metric
 from traitlab.tracking.runs import JobRun, stage_run
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,9 @@ def _log(run: JobRun, cfg: GenerateConfig, setup: SteeringSetup, records: dict[s
     names = {"unsteered": "unsteered_score", "steered": "steered_score", "shift": "shift", "low": "shift_low",
              "high": "shift_high"}
     for s in shifts:  # per-layer series, step = layer; n beside every value
-        metrics = {f"layer/{name}/{s['trait']}": _r(s[k]) for k, name in names.items()}
+        metrics = {layer_metric(f"{name}/{s['trait']}"): _r(s[k]) for k, name in names.items()}
         metrics = {k: v for k, v in metrics.items() if v is not None}
-        metrics[f"layer/n/{s['trait']}"] = s["n"]
+        metrics[layer_metric(f"n/{s['trait']}")] = s["n"]
         run.log_metrics(metrics, step=s["layer"])
     run.log_metric("n_prompts", len(pairs))
     note = verdict(setup, shifts, len(pairs), cfg.score_mode)
