@@ -1,5 +1,5 @@
-"""launchers/generate.py by subprocess: one run as typed in bash, the same run from Python (traitlab.api finds
-the CLI's run: same config, same job key), and a multirun sweep over coefficients under one parent run."""
+"""launchers/generate.py by subprocess: a multirun sweep over coefficients under one parent run (typed as in
+bash), and the same job from Python (traitlab.api composes the same config and job key, so it finds the run)."""
 
 from __future__ import annotations
 
@@ -29,20 +29,13 @@ def _launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def test_generate_cli_api_and_sweep(mlflow_store, tmp_path, smollm2):
+def test_generate_sweep_and_the_api_finding_its_run(mlflow_store, tmp_path, smollm2):
     run_extract(ExtractConfig(trait=TraitConfig(name="starter/optimism"), method=MethodConfig(name="mean_diff"),
                               layers="10", tracking=TrackingConfig(experiment="e2e-gen")), lm=smollm2)
-    proc = _launch(*COMMON, "coefficient=8", f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_id = re.search(r"MLflow run: ([0-9a-f]{32})", proc.stdout).group(1)
-    assert "unsteered:" in proc.stdout and re.search(r"starter/optimism L10: .* shift .* \(n=1\)", proc.stdout)
-
-    same = api.generate(vectors="starter/optimism", layers=10, prompt="Describe your Monday.",
-                        generation={"max_new_tokens": 8}, tracking={"experiment": "e2e-gen"}, coefficient=8, lm=smollm2)
-    assert same.skipped and same.run_id == run_id  # the notebook composed the CLI's config exactly
-
     sweep = _launch("-m", *COMMON, "coefficient=0,16", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert sweep.stdout.count("unsteered:") == 2
+    assert re.search(r"starter/optimism L10: .* shift .* \(n=1\)", sweep.stdout)
     parent = re.search(r"MLflow parent run: ([0-9a-f]{32})", sweep.stdout).group(1)
     client = MlflowClient(mlflow_store)
     kids = client.search_runs([client.get_run(parent).info.experiment_id],
@@ -59,3 +52,8 @@ def test_generate_cli_api_and_sweep(mlflow_store, tmp_path, smollm2):
     assert sorted((r["coefficient"], r["trait"], r["layer"]) for r in rows) == [
         ("0", "starter/optimism", 10), ("16", "starter/optimism", 10)]
     assert next(r["shift"] for r in rows if r["coefficient"] == "0") == 0.0
+
+    # the same job from Python: the notebook composes the CLI's config exactly, so it finds that run
+    same = api.generate(vectors="starter/optimism", layers=10, prompt="Describe your Monday.", coefficient=16,
+                        generation={"max_new_tokens": 8}, tracking={"experiment": "e2e-gen"}, lm=smollm2)
+    assert same.skipped and same.run_id == by_coef["16"].info.run_id

@@ -260,3 +260,18 @@ def test_add_response_starts_at_the_last_prompt_token(store, smollm2):
     a, b = _raw(plain, 12)[:n], _raw(steered, 12)[:n]
     assert a[:-1] == pytest.approx(b[:-1], abs=1e-4)  # the prompt before its last token is not steered
     assert abs(a[-1] - b[-1]) > 0.1  # the last prompt token, which produces the first answer token, is
+
+
+def test_conversation_formatting_with_the_real_template(smollm2):
+    from traitlab.data.texts import Conversation
+    from traitlab.models.chat import format_conversation
+
+    tok = smollm2.tokenizer
+    conv = Conversation("c", ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                              {"role": "user", "content": "How are you?"}))
+    text = format_conversation(tok, list(conv.messages))
+    assert text.index("Hi") < text.index("Hello!") < text.index("How are you?")
+    assert text.endswith("<|im_start|>assistant\n")
+    single = Conversation.single("s", "Hi", "Be brief")
+    assert format_conversation(tok, list(single.messages)) == format_prompt(tok, "Hi", "Be brief")
+    assert format_conversation(tok, list(conv.messages), use_chat_template=False) == "Hi\n\nHello!\n\nHow are you?"

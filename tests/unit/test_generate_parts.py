@@ -1,5 +1,5 @@
 """Pieces of the generate stage on tiny inputs: records of replies whose last token was never fed (NaN
-scores), conversations files, the chat formatting of several turns, and the steering setup's arithmetic."""
+scores), conversations files and the steering setup's arithmetic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from traitlab.data.texts import Conversation, TextItem, load_conversations
+from traitlab.data.texts import TextItem, load_conversations
 from traitlab.errors import ConfigError, DataError
 from traitlab.monitor.records import build_record, response_scores
 from traitlab.monitor.scoring import Scored
@@ -60,23 +60,6 @@ def test_conversations_file_and_its_errors(tmp_path):
         load_conversations(bad)
     with pytest.raises(ConfigError, match="conversations"):
         load_conversations(tmp_path / "missing.jsonl")
-
-
-def test_conversation_formatting_with_the_real_template():
-    from transformers import AutoTokenizer
-
-    from traitlab.models.chat import format_conversation, format_prompt
-    from traitlab.models.loading import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
-    conv = Conversation("c", ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                              {"role": "user", "content": "How are you?"}))
-    text = format_conversation(tok, list(conv.messages))
-    assert text.index("Hi") < text.index("Hello!") < text.index("How are you?")
-    assert text.endswith("<|im_start|>assistant\n")
-    single = Conversation.single("s", "Hi", "Be brief")
-    assert format_conversation(tok, list(single.messages)) == format_prompt(tok, "Hi", "Be brief")
-    assert format_conversation(tok, list(conv.messages), use_chat_template=False) == "Hi\n\nHello!\n\nHow are you?"
 
 
 def test_setup_coefficients_weights_and_best():
