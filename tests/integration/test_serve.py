@@ -15,8 +15,10 @@ from mlflow.tracking import MlflowClient
 from traitlab.config.schema import ExtractConfig, MethodConfig, TrackingConfig, TraitConfig
 from traitlab.config.serve import ServeConfig
 from traitlab.core.hooks import SteeringHook
+from traitlab.errors import ConfigError
+from traitlab.pipelines.common import source_vectors
 from traitlab.pipelines.extract import run_extract
-from traitlab.pipelines.serve import run_serve
+from traitlab.pipelines.serve import best_coefficients, run_serve
 from traitlab.tracking.registry import fetch_vector, find_vectors
 
 pytestmark = pytest.mark.slow
@@ -82,3 +84,19 @@ def test_registered_steering_model_answers_steered_chat_requests(smollm2, mlflow
     assert reply_text(unsteered) == local_reply(smollm2, 0.0, vector)
     assert reply_text(steered) == local_reply(smollm2, 8.0, vector)
     assert reply_text(steered) != reply_text(unsteered)
+
+    # coefficient=null: the steering stage's best coherent coefficient of this very vector
+    cfg = ServeConfig(trait=TraitConfig(name=TRAIT), method=MethodConfig(name="mean_diff"), layers="9-10",
+                      tracking=tracking)
+    _, prov, _ = source_vectors(cfg)
+    with pytest.raises(ConfigError, match=r"config coefficient: no steering result .* layers \[9, 10\]"):
+        best_coefficients(cfg, prov)
+    steer_run = client.create_run(client.get_experiment_by_name(EXP).experiment_id, tags={
+        "traitlab.stage": "steer", "trait": TRAIT, "model": "smollm2_135m", "method": "mean_diff",
+        "component": "residual", "position": "response[:]",
+        "traitlab.vector_run_id": f"other,{prov['vectors'][0]['run_id']}"})
+    for layer, coef in ((9, 6.5), (10, 11.0)):
+        for key, value in (("best_delta", 3.0), ("best_coherence", 80.0), ("best_coefficient", coef)):
+            client.log_metric(steer_run.info.run_id, key, value, step=layer)
+    client.set_terminated(steer_run.info.run_id)
+    assert best_coefficients(cfg, prov) == {9: 6.5, 10: 11.0}

@@ -51,19 +51,21 @@ def test_vectors_llama_cpp_would_reject_or_ignore_are_refused(tmp_path, vectors,
     assert not path.exists()  # nothing half-written
 
 
+def _raw_gguf(path, name: str, data: np.ndarray):
+    w = gguf.GGUFWriter(str(path), "controlvector")
+    w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def test_reader_applies_llama_cpp_loader_rules(tmp_path):
-    bad_name = tmp_path / "name.gguf"
-    w = gguf.GGUFWriter(str(bad_name), "controlvector")
-    w.add_tensor("steer.3", np.ones(4, dtype=np.float32))
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     with pytest.raises(DataError, match="not named direction"):
-        read_control_vector(bad_name)
-    f16 = tmp_path / "f16.gguf"
-    w = gguf.GGUFWriter(str(f16), "controlvector")
-    w.add_tensor("direction.3", np.ones(4, dtype=np.float16))
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+        read_control_vector(_raw_gguf(tmp_path / "name.gguf", "steer.3", np.ones(4, dtype=np.float32)))
     with pytest.raises(DataError, match="expected 1-D F32"):
-        read_control_vector(f16)
+        read_control_vector(_raw_gguf(tmp_path / "f16.gguf", "direction.3", np.ones(4, dtype=np.float16)))
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
     with pytest.raises(DataError, match="junk.gguf"):
         read_control_vector(tmp_path / "junk.gguf")

@@ -60,9 +60,10 @@ def best_coefficients(cfg: ServeConfig, prov: dict) -> dict[int, float]:
     if prov["source"] == "registry":
         for s in steering_results(prov["trait"], cfg.model.name, experiment=cfg.tracking.experiment,
                                   uri=cfg.tracking.uri):
-            for v in prov["vectors"]:
-                same = (s["vector_run_id"], s["method"], s["component"], s["position"], s["layer"]) == (
-                    v["run_id"], v["method"], v["component"], v["position"], v["layer"])
+            for v in prov["vectors"]:  # a steer run may have used vectors of several extraction runs
+                same = v["run_id"] in str(s["vector_run_id"]).split(",") and (
+                    s["method"], s["component"], s["position"], s["layer"]) == (
+                    v["method"], v["component"], v["position"], v["layer"])
                 if same and "best_coefficient" in s:
                     found[v["layer"]] = float(s["best_coefficient"])
     missing = [lyr for lyr in prov["layers"] if lyr not in found]
