@@ -209,16 +209,14 @@ def _prompted_system(cfg: SteerConfig, trait: TraitDataset, direction: int) -> s
 
 def judge_identity(jcfg: dict[str, Any], trait: TraitDataset) -> str:
     """Hash of everything that changes a judge score: semantic settings and the prompt texts used."""
-    from traitlab.judge.prompts import resolve_template
+    from traitlab.judge.factory import prompt_texts
 
     spec = trait.steering
-    texts = [resolve_template("trait_score", eval_prompt=spec.eval_prompt if spec else None,
-                              trait_prompt_path=jcfg.get("trait_prompt_path"), prompts_dir=jcfg.get("prompts_dir"),
-                              trait=trait.qualified_name).text,
-             resolve_template("coherence", prompts_dir=jcfg.get("prompts_dir")).text]
-    if jcfg.get("relevance_check"):
-        texts.append(resolve_template("relevance", prompts_dir=jcfg.get("prompts_dir")).text)
-    return content_hash("judge-id-v1", {k: jcfg.get(k) for k in _JUDGE_SEMANTIC}, texts, trait.definition or "")
+    texts = prompt_texts(jcfg, eval_prompt=spec.eval_prompt if spec else None, trait=trait.qualified_name)
+    semantic = {k: jcfg.get(k) for k in _JUDGE_SEMANTIC}
+    if jcfg.get("rubric", "trait") != "trait":  # only then: studies judged by the default rubric keep their names
+        semantic["rubric"] = jcfg["rubric"]
+    return content_hash("judge-id-v1", semantic, texts, trait.definition or "")
 
 
 def _missing_vectors_error(cfg: SteerConfig, trait: str, what: str) -> ConfigError:
@@ -248,6 +246,9 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
         raise ConfigError("judge.backend", "perplexity scores coherence only; steering needs a trait score: use "
                                            "openai, openai_compatible or hf_local (optionally with "
                                            "judge.perplexity_combine=min, as in judge=perplexity)")
+    if jcfg.get("rubric") == "axbench" and spec.direction < 0:
+        raise ConfigError("judge.rubric", f"axbench rewards the concept being present, but {trait.path}/steering.json "
+                                          "steers away from the trait (direction negative); use judge.rubric=trait")
     judge = make_judge(jcfg)  # checks keys, prompt files and templates
     judge.validate()          # key present, server reachable
     check = getattr(judge, "check_trait_prompt", None) or getattr(getattr(judge, "judge", None),

@@ -7,6 +7,7 @@ out-of-distribution effect size, which beats the in-distribution held-out effect
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,13 +20,21 @@ from traitlab.core.layers import parse_layers
 from traitlab.errors import ConfigError, DataError
 from traitlab.paths import cache_dir
 from traitlab.tracking.artifacts import load_vector, vector_path
+from traitlab.tracking.names import LAYER, layer_metric
 from traitlab.tracking.store import RetryingClient, ensure_store
 
 log = logging.getLogger(__name__)
 
 
+# Per-layer extraction metrics a VectorRef carries, logged as `layer/<name>` (step = layer) by stage 1.
+LAYER_METRICS = ("val_accuracy", "val_effect_size", "ood_effect_size", "cv_accuracy", "cv_effect_size", "baseline")
+
+
 @dataclass
 class VectorRef:
+    """One extracted vector. `metrics` holds the LAYER_METRICS defined at its layer, by their bare names
+    (val_effect_size, ...); an undefined (NaN) statistic is absent, so `name in ref.metrics` means usable."""
+
     run_id: str
     trait: str
     model: str
@@ -54,6 +63,14 @@ def _layer_metrics(client: RetryingClient, run_id: str, names: list[str]) -> dic
     return out
 
 
+def _extraction_metrics(client: RetryingClient, run_id: str) -> dict[int, dict[str, float]]:
+    """LAYER_METRICS per layer, bare names, NaN left out; runs logged before the `layer/` names are read as such."""
+    per = _layer_metrics(client, run_id, [layer_metric(n) for n in LAYER_METRICS])
+    if not per:
+        per = _layer_metrics(client, run_id, list(LAYER_METRICS))
+    return {lyr: {k.removeprefix(LAYER): v for k, v in m.items() if math.isfinite(v)} for lyr, m in per.items()}
+
+
 def find_vectors(
     trait: str,
     model: str,
@@ -78,8 +95,7 @@ def find_vectors(
     seen: set[tuple[str, str, str, int]] = set()
     for r in runs:
         tags = r.data.tags
-        per_layer = _layer_metrics(client, r.info.run_id, ["val_accuracy", "val_effect_size", "ood_effect_size",
-                                                             "baseline"])
+        per_layer = _extraction_metrics(client, r.info.run_id)
         for lyr in sorted(int(x) for x in tags.get("layers", "").split(",") if x != ""):
             if layer is not None and lyr != layer:
                 continue
