@@ -4,12 +4,19 @@ gguf_init_from_file, the reader llama.cpp's common_control_vector_load_one uses)
 does (direction.<k> -> row k-1) and applied with libllama's llama_set_adapter_cvec on the embedded
 SmolLM2 GGUF. The steered log-prob margin of held-out optimistic vs pessimistic answers must move as it
 does under traitlab's own SteeringHook at the same layers and coefficient.
+
+When llama.cpp's CLI is built (scripts/install_llama_cli.sh, same llama.cpp source as the bindings), the
+file also goes through llama.cpp's own command-line loader (`--control-vector-scaled FILE:C`), whose
+greedy answers must be traitlab's hook-steered answers token for token.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
+import re
+import subprocess
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -270,3 +277,52 @@ def test_greedy_answers_turn_optimistic_in_llama_cpp(exported, llama, smollm2):
     hf = smollm2.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
     print(f"\nllama.cpp unsteered: {plain!r}\nllama.cpp c={COEF:g}: {steered!r}\ntraitlab hook c={COEF:g}: {hf!r}")
     assert steered != plain
+
+
+def llama_completion() -> str | None:
+    """$TRAITLAB_LLAMA_COMPLETION, else the binary scripts/install_llama_cli.sh caches, if it was built."""
+    if os.environ.get("TRAITLAB_LLAMA_COMPLETION"):
+        return os.environ["TRAITLAB_LLAMA_COMPLETION"]
+    root = Path(__file__).resolve().parents[2]
+    version = re.search(r'^VERSION="(.*)"$', (root / "scripts" / "install_llama_server.sh").read_text(), re.M)
+    cache = Path(os.environ.get("TRAITLAB_WHEEL_CACHE", Path.home() / ".cache" / "traitlab" / "wheels"))
+    path = cache / "llama-tools" / f"llama-completion-{version.group(1) if version else ''}"
+    return str(path) if path.is_file() else None
+
+
+@pytest.mark.skipif(llama_completion() is None, reason="llama.cpp's CLI is not built: scripts/install_llama_cli.sh")
+def test_llama_cli_with_the_file_answers_like_the_traitlab_hook(exported, smollm2):
+    """llama.cpp's own loader (--control-vector-scaled FILE:C, common_control_vector_load) on the embedded
+    GGUF gives traitlab's hook-steered greedy answer, token for token over the first 16 tokens."""
+    res, registry = exported
+    text = format_prompt(smollm2.tokenizer, "How do you think my job interview tomorrow will go?", None, True)
+    ids = encode(smollm2.tokenizer, text).ids
+    n = 16
+
+    def cli(*extra: str) -> str:
+        proc = subprocess.run([llama_completion(), "-m", str(embedded_gguf_path()), "-p", text,
+                               "-n", str(n), "--temp", "0", "-no-cnv", "-t", "1", "--no-warmup", "--seed", "0",
+                               "--no-display-prompt", *extra], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip()
+
+    def hook(c: float, layers: dict[int, torch.Tensor]) -> str:
+        ctx = MultiLayerSteering(smollm2.model, [(k, v, c) for k, v in layers.items()]) if c else nullcontext()
+        with ctx, torch.no_grad():
+            out = smollm2.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
+                                         pad_token_id=smollm2.tokenizer.eos_token_id)
+        return smollm2.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+
+    vectors = {k: registry[k] for k in LAYERS}
+    answers = {c: (cli(*(["--control-vector-scaled", f"{res.path}:{c:g}"] if c else [])), hook(c, vectors))
+               for c in (0.0, COEF, -COEF)}
+    print("\n" + "\n".join(f"c={c:+g}: llama-completion {a!r} | traitlab hook {b!r}" for c, (a, b) in answers.items()))
+    assert all(a == b for a, b in answers.values())
+    assert len({a for a, _ in answers.values()}) == 3  # the coefficient changed llama.cpp's answer
+    # Layer numbering: direction.10 alone, strong enough that steering block 9, 10 or 11 gives three different
+    # answers; llama.cpp's is the one of traitlab's layer 10.
+    single = cli("--control-vector-scaled", f"{res.path}:{3 * COEF:g}", "--control-vector-layer-range", "10", "10")
+    by_layer = {k: hook(3 * COEF, {k: registry[10]}) for k in LAYERS}
+    print(f"direction.10 x{3 * COEF:g}: llama-completion {single!r}; hook at 9/10/11 {by_layer}")
+    assert len(set(by_layer.values())) == 3
+    assert single == by_layer[10]
