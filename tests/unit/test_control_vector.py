@@ -36,6 +36,22 @@ def test_file_has_one_f32_direction_tensor_per_layer_holding_scale_times_vector(
     assert torch.equal(directions[3], (vectors[3].double() * 2.5).float())
 
 
+def test_a_vector_object_with_directions_and_provenance_is_accepted(tmp_path):
+    class PerLayer:  # the shape of the notebook API's vector object: .directions and .provenance()
+        directions = {2: _vec(2)}
+
+        def provenance(self):
+            return {"trait": "starter/refusal", "method": "probe"}
+
+    path = write_control_vector(tmp_path / "v.gguf", PerLayer(), metadata={"method": "mean_diff"})
+    directions, meta = read_control_vector(path)
+    assert torch.equal(directions[2], _vec(2)) and meta["traitlab.trait"] == "starter/refusal"
+    assert meta["traitlab.method"] == "mean_diff"  # explicit metadata wins over the object's provenance
+    assert np.array_equal(llama_cpp_buffer(PerLayer(), n_embd=6, n_layers=3)[6:], _vec(2).numpy())
+    with pytest.raises(DataError, match="expected {layer: Tensor}"):
+        write_control_vector(tmp_path / "w.gguf", [_vec(0)])
+
+
 @pytest.mark.parametrize(("vectors", "n_layers", "message"), [
     ({0: _vec(0)}, None, "cannot steer block 0"),
     ({4: _vec(0)}, 4, "the model has 4 layers"),

@@ -46,6 +46,16 @@ META_PREFIX = "traitlab."
 _NAME_RE = re.compile(r"^direction\.(\d+)$")
 
 
+def directions_of(vectors: Any) -> dict[int, torch.Tensor]:
+    """``{layer: vector}`` from a mapping, or from a vector object carrying ``.directions`` (the notebook
+    API's per-layer vector), so every function here takes either."""
+    got = getattr(vectors, "directions", vectors)
+    if not isinstance(got, Mapping):
+        raise DataError("control vector", f"expected {{layer: Tensor}} or an object with .directions, got "
+                                          f"{type(vectors).__name__}")
+    return dict(got)
+
+
 def _check_directions(directions: Mapping[int, torch.Tensor], where: str, n_layers: int | None) -> int:
     """The common width of the vectors; raises a one-line DataError naming `where` otherwise."""
     if not directions:
@@ -73,7 +83,7 @@ def _check_directions(directions: Mapping[int, torch.Tensor], where: str, n_laye
 
 def write_control_vector(
     path: str | Path,
-    directions: Mapping[int, torch.Tensor],
+    directions: Mapping[int, torch.Tensor] | Any,
     *,
     scale: float = 1.0,
     model_hint: str = "",
@@ -83,12 +93,15 @@ def write_control_vector(
     """Write ``{layer: vector}`` (traitlab layer numbering, residual stream) as a llama.cpp control vector.
 
     Each tensor is ``scale * vector`` in float32. ``metadata`` values are stored as ``traitlab.<key>``
-    strings (JSON for non-strings). With ``n_layers`` (the model's depth), layers llama.cpp would ignore
-    are refused. The write is atomic.
+    strings (JSON for non-strings); a vector object's ``provenance()`` is stored the same way. With
+    ``n_layers`` (the model's depth), layers llama.cpp would ignore are refused. The write is atomic.
     """
     import gguf
 
     path = Path(path)
+    provenance = getattr(directions, "provenance", None)
+    metadata = {**(provenance() if callable(provenance) else {}), **(metadata or {})}
+    directions = directions_of(directions)
     if not math.isfinite(float(scale)):
         raise DataError(path, f"scale must be finite, got {scale}")
     _check_directions(directions, str(path), n_layers)
@@ -97,7 +110,7 @@ def write_control_vector(
         writer.add_string(f"{ARCH}.model_hint", model_hint)
         writer.add_uint32(f"{ARCH}.layer_count", len(directions))
         writer.add_float32(f"{META_PREFIX}scale", float(scale))
-        for key, value in sorted((metadata or {}).items()):
+        for key, value in sorted(metadata.items()):
             writer.add_string(f"{META_PREFIX}{key}", value if isinstance(value, str) else json.dumps(value))
         for layer in sorted(directions):
             data = (float(scale) * directions[layer].detach().double()).float().cpu().numpy()
@@ -147,13 +160,14 @@ def read_control_vector(path: str | Path) -> tuple[dict[int, torch.Tensor], dict
     return directions, meta
 
 
-def llama_cpp_buffer(directions: Mapping[int, torch.Tensor], n_embd: int, n_layers: int,
+def llama_cpp_buffer(directions: Mapping[int, torch.Tensor] | Any, n_embd: int, n_layers: int,
                      strength: float = 1.0) -> np.ndarray:
     """The flat float32 buffer ``llama_set_adapter_cvec`` takes: layer k at [(k-1)*n_embd, k*n_embd).
 
     It always covers layers 1..n_layers-1, zeros where no vector is given: llama.cpp overwrites only the
     layers the buffer reaches, so a shorter buffer would leave an earlier vector active at the others.
     """
+    directions = directions_of(directions)
     _check_directions(directions, "control vector", n_layers)
     buf = np.zeros((n_layers - 1) * n_embd, dtype=np.float32)
     for layer, v in directions.items():
@@ -164,8 +178,8 @@ def llama_cpp_buffer(directions: Mapping[int, torch.Tensor], n_embd: int, n_laye
     return buf
 
 
-def set_llama_cpp_control_vector(llm: Any, directions: Mapping[int, torch.Tensor] | None, strength: float = 1.0,
-                                 layer_range: tuple[int, int] | None = None) -> None:
+def set_llama_cpp_control_vector(llm: Any, directions: Mapping[int, torch.Tensor] | Any | None,
+                                 strength: float = 1.0, layer_range: tuple[int, int] | None = None) -> None:
     """Steer a ``llama_cpp.Llama`` with ``strength * directions`` (None clears), as ``--control-vector``.
 
     ``layer_range`` (inclusive) limits the layers applied, as ``--control-vector-layer-range``. The KV
