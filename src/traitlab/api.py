@@ -66,10 +66,10 @@ def compose_config(stage: str, overrides: Sequence[str] = (), **kwargs: Any) -> 
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from traitlab.cli import STAGES, bootstrap, conf_path, reject_unknown_keys
+    from traitlab.cli import SUBCOMMANDS, bootstrap, conf_path, reject_unknown_keys
 
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if stage not in SUBCOMMANDS:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(SUBCOMMANDS)}")
     bootstrap()
     with initialize_config_dir(config_dir=conf_path(), version_base="1.3", job_name=stage):
         cfg = compose(config_name=stage, overrides=[*overrides, *overrides_of(kwargs)])

@@ -262,16 +262,16 @@ def test_add_response_starts_at_the_last_prompt_token(store, smollm2):
     assert abs(a[-1] - b[-1]) > 0.1  # the last prompt token, which produces the first answer token, is
 
 
-def test_conversation_formatting_with_the_real_template(smollm2):
+def test_conversation_text_with_the_real_template(smollm2):
     from traitlab.data.texts import Conversation
-    from traitlab.models.chat import format_conversation
+    from traitlab.models.chat import format_messages
+    from traitlab.pipelines.common import conversation_text
 
     tok = smollm2.tokenizer
     conv = Conversation("c", ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                               {"role": "user", "content": "How are you?"}))
-    text = format_conversation(tok, list(conv.messages))
+    text = conversation_text(smollm2, conv.messages)
     assert text.index("Hi") < text.index("Hello!") < text.index("How are you?")
-    assert text.endswith("<|im_start|>assistant\n")
-    single = Conversation.single("s", "Hi", "Be brief")
-    assert format_conversation(tok, list(single.messages)) == format_prompt(tok, "Hi", "Be brief")
-    assert format_conversation(tok, list(conv.messages), use_chat_template=False) == "Hi\n\nHello!\n\nHow are you?"
+    assert text.endswith("<|im_start|>assistant\n") and text == format_messages(tok, list(conv.messages))
+    single = Conversation.single("s", "Hi", "Be brief")  # one turn: formatted as every stage formats a prompt
+    assert conversation_text(smollm2, single.messages) == format_prompt(tok, "Hi", "Be brief")

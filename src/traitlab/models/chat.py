@@ -34,21 +34,32 @@ def format_prompt(
     tokenizer: Any, prompt: str, system_prompt: str | None = None, use_chat_template: bool = True
 ) -> str:
     """Return the text up to where the model's response starts."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return format_conversation(tokenizer, [*messages, {"role": "user", "content": prompt}], use_chat_template)
+    if not use_chat_template:
+        return f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+    messages: list[dict[str, str]] = []
+    if system_prompt:
+        if supports_system_role(tokenizer):
+            messages.append({"role": "system", "content": system_prompt})
+        else:
+            prompt = f"{system_prompt}\n\n{prompt}"
+    messages.append({"role": "user", "content": prompt})
+    return _apply(tokenizer, messages)
 
 
-def format_conversation(tokenizer: Any, messages: list[dict[str, str]], use_chat_template: bool = True) -> str:
-    """Return the text of a conversation (system?, user, assistant, ..., user) up to the next response.
+def format_messages(tokenizer: Any, messages: list[dict[str, str]], use_chat_template: bool = True) -> str:
+    """A whole conversation (``[{"role", "content"}]``, system/user/assistant) up to the next reply.
 
-    A leading system message is folded into the first user turn when the template has no system role;
-    without a chat template the turns' texts are joined by blank lines.
+    A system message the template rejects is folded into the first user turn; without a template the
+    turns are joined as ``Role: text`` lines ending with ``Assistant:``.
     """
     if not use_chat_template:
-        return "\n\n".join(m["content"] for m in messages)
-    messages = [dict(m) for m in messages]
-    if messages and messages[0]["role"] == "system" and not supports_system_role(tokenizer):
-        system = messages.pop(0)["content"]
-        if messages:
-            messages[0]["content"] = f"{system}\n\n{messages[0]['content']}"
-    return _apply(tokenizer, messages)
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n\n".join([*lines, "Assistant:"])
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system and not supports_system_role(tokenizer):
+        first_user = next((m for m in rest if m["role"] == "user"), None)
+        if first_user is not None:
+            first_user["content"] = "\n\n".join([*system, first_user["content"]])
+        return _apply(tokenizer, rest)
+    return _apply(tokenizer, ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + rest)

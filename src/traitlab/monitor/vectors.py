@@ -12,10 +12,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from traitlab.core.layers import parse_layers
 from traitlab.core.massive import zero_dims
 from traitlab.errors import ConfigError
-from traitlab.tracking.registry import VectorRef, best_vector, fetch_vector, find_vectors, traits_with_vectors
+from traitlab.tracking.registry import (
+    VectorRef,
+    fetch_vector,
+    find_vectors,
+    no_vectors_error,
+    refs_at_layers,
+    traits_with_vectors,
+)
 
 if TYPE_CHECKING:
     from traitlab.config.infer import InferenceConfig
@@ -95,12 +101,7 @@ def require_vectors(
     filters = vector_filters(inf)
     for trait in traits:
         if not find_vectors(trait, model, experiment=experiment, uri=uri, **filters):
-            what = ", ".join(f"{k}={v}" for k, v in filters.items())
-            raise ConfigError(
-                key,
-                f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
-                f"{experiment!r}; extract first: python launchers/extract.py trait={trait}",
-            )
+            raise no_vectors_error(trait, model, experiment, filters, key=key)
 
 
 def select_vectors(
@@ -114,51 +115,18 @@ def select_vectors(
     uri: str | None,
     dim: int | None = None,
 ) -> list[TraitVector]:
-    """Per trait: resolve ``layers`` (``best`` = the registry's best vector) and fetch one vector per layer.
-
-    At each layer the vector of the best vector's method/position is preferred, else the one with the
-    highest held-out effect size; layers with no vector at all are skipped with a warning.
-    """
-    filters = vector_filters(inf)
+    """Per trait: resolve ``layers`` (``best`` = the registry's best vector) and fetch one vector per layer
+    (which vector at each layer: tracking.registry.refs_at_layers)."""
     chosen: list[TraitVector] = []
     for trait in traits:
-        best = best_vector(trait, model, experiment=experiment, uri=uri, **filters)
-        if best is None:
-            what = ", ".join(f"{k}={v}" for k, v in filters.items())
-            raise ConfigError(
-                "traits",
-                f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
-                f"{experiment!r}; extract first: python launchers/extract.py trait={trait}",
-            )
-        refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
-        wanted = parse_layers(layers, n_layers, best=best.layer)
-        missing = []
-        for layer in wanted:
-            if layer == best.layer:
-                ref, why = best, best.source
-            else:
-                here = [r for r in refs if r.layer == layer]
-                same = [r for r in here if (r.method, r.position) == (best.method, best.position)]
-                here.sort(key=lambda r: -r.metrics.get("val_effect_size", float("-inf")))
-                ref, why = ((same or here or [None])[0], "layer")
-            if ref is None:
-                missing.append(layer)
-                continue
+        for ref, why in refs_at_layers(trait, model, layers, n_layers, experiment=experiment, uri=uri,
+                                       **vector_filters(inf)):
             v = fetch_vector(ref, uri=uri, experiment=experiment, expected_dim=dim).float()
             base = ref.metrics.get("baseline")
             baseline = (
                 float(base) / float(v.norm()) if base is not None and math.isfinite(base) else float("nan")
             )
-            chosen.append(TraitVector(trait, layer, ref, v, baseline, why))
-        if missing:
-            have = sorted({r.layer for r in refs})
-            if len(missing) == len(wanted):
-                raise ConfigError(
-                    "layers",
-                    f"{layers!r} selects layers {wanted} for trait {trait!r} (best = "
-                    f"{best.layer}) but its vectors are at layers {have}",
-                )
-            log.warning("%s: no vector at layers %s (vectors at %s): skipped", trait, missing, have)
+            chosen.append(TraitVector(trait, ref.layer, ref, v, baseline, why))
     return chosen
 
 

@@ -21,7 +21,6 @@ from traitlab.config.generate import ChatConfig
 from traitlab.data.texts import TextItem
 from traitlab.errors import ConfigError, TraitlabError
 from traitlab.io import content_hash
-from traitlab.models.chat import format_conversation
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.monitor.generation import MonitoredGeneration, generate_monitored
 from traitlab.monitor.records import build_record
@@ -30,6 +29,7 @@ from traitlab.monitor.vectors import TraitVector, vectors_by_layer
 from traitlab.monitor.views import write_views
 from traitlab.pipelines.common import (
     check_monitored,
+    conversation_text,
     model_key,
     monitored_vectors,
     set_cap_thresholds,
@@ -80,7 +80,7 @@ class ChatSession:
 
     def say(self, text: str) -> str:
         self.messages.append({"role": "user", "content": text})
-        prompt = format_conversation(self.lm.tokenizer, self.messages, self.lm.use_chat_template)
+        prompt = conversation_text(self.lm, self.messages)
         stacked, columns = vectors_by_layer(self.monitored)
         tv = self.monitored[self.colour]
         column = columns[self.colour]

@@ -13,16 +13,18 @@ import torch
 from filelock import FileLock
 
 from traitlab import faults
+from traitlab.config.export import VectorSourceConfig
 from traitlab.config.schema import GenerationConfig
-from traitlab.data import Example
+from traitlab.data import Example, load_trait, resolve_trait_dir
 from traitlab.data.texts import TextItem
-from traitlab.errors import DataError
+from traitlab.errors import ConfigError, DataError
 from traitlab.io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from traitlab.models.capture import TextPair, capture_pooled
 from traitlab.models.chat import format_prompt
 from traitlab.models.generation import generate_texts
-from traitlab.models.loading import LoadedModel
+from traitlab.models.loading import LoadedModel, model_config, validate_spec
 from traitlab.paths import cache_dir
+from traitlab.tracking.registry import layer_vectors
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,24 @@ def pooled_activations(
     return acts
 
 
+def source_vectors(cfg: VectorSourceConfig) -> tuple[dict[int, torch.Tensor], dict[str, Any], Any]:
+    """The configured vectors, their provenance and the model's (text) config, before any weights load."""
+    validate_spec(cfg.model)
+    conf = model_config(cfg.model)
+    trait = None if cfg.vector_file else load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path)).qualified_name
+    component = cfg.component.name
+    dim = conf.hidden_size if component == "residual" else None
+    vectors, prov = layer_vectors(trait, cfg.model.name, cfg.layers, conf.num_hidden_layers, files=cfg.vector_file,
+                                  dim=dim, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri,
+                                  method=cfg.method.name if cfg.method else None,
+                                  position=cfg.position.spec if cfg.position else None, component=component)
+    wrong = sorted({r["component"] for r in prov["vectors"] if r.get("component", component) != component})
+    if wrong:
+        raise ConfigError("vector_file", f"vectors of component {wrong} but component={component}")
+    prov.update(model_id=cfg.model.id, component=component)
+    return vectors, prov, conf
+
+
 def fill_responses(
     lm: LoadedModel, items: Sequence[TextItem], inf: Any, seed: int
 ) -> list[TextItem]:
@@ -178,6 +198,18 @@ def training_projections(lm: LoadedModel, vector: Any, *, experiment: str, uri: 
 
 
 # ------------------------------------------------------------------- steering + monitoring (generate, chat)
+
+
+def conversation_text(lm: LoadedModel, messages: Sequence[dict[str, str]]) -> str:
+    """The model's text for a conversation: one user turn (after an optional system prompt) exactly as every
+    stage formats a prompt (format_prompt), longer conversations through format_messages."""
+    from traitlab.models.chat import format_messages
+
+    turns = [m for m in messages if m["role"] != "system"]
+    if len(turns) == 1:
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        return format_prompt(lm.tokenizer, turns[0]["content"], system, lm.use_chat_template)
+    return format_messages(lm.tokenizer, list(messages), lm.use_chat_template)
 
 
 def steering_setup(cfg: Any) -> Any:

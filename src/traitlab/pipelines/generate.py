@@ -25,7 +25,6 @@ from traitlab.core.proportions import paired_bootstrap
 from traitlab.data.texts import Conversation, TextItem, load_conversations, load_source
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
-from traitlab.models.chat import format_conversation
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.monitor.generation import MonitoredGeneration, generate_monitored
 from traitlab.monitor.records import build_record, response_scores
@@ -34,6 +33,7 @@ from traitlab.monitor.vectors import TraitVector, vector_keys, vectors_by_layer
 from traitlab.monitor.views import write_views
 from traitlab.pipelines.common import (
     check_monitored,
+    conversation_text,
     model_key,
     monitored_vectors,
     set_cap_thresholds,
@@ -193,7 +193,7 @@ def run_generate(cfg: GenerateConfig, parent_run_id: str | None = None,
     source, convs, setup = validate(cfg)
     lm = lm or load_model(cfg.model)
     monitored = monitored_vectors(cfg, setup, lm)
-    texts = [format_conversation(lm.tokenizer, list(c.messages), lm.use_chat_template) for c in convs]
+    texts = [conversation_text(lm, c.messages) for c in convs]
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("tracking", "force", "model")}
     key = content_hash("generate-v1", model_key(lm), texts, settings, vector_keys(monitored),
                        [(v.provenance(), {k: t.tolist() for k, t in v.directions.items()}) for v in setup.vectors])
