@@ -189,6 +189,14 @@ def analyze() -> None:
     launch("analyze")
 
 
+def generate() -> None:
+    launch("generate")
+
+
+def chat() -> None:
+    launch("chat")
+
+
 def export() -> None:
     launch("export")
 
@@ -204,6 +212,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[], None], str]] = {
     "steer": (steer, "stage 2: validate vectors by steering, Optuna coefficient search"),
     "infer": (infer, "stage 3: per-token trait scores and views"),
     "analyze": (analyze, "analyses: geometry, logit lens, correlation, dynamics, top spans, model diff"),
+    "generate": (generate, "stage 4: generate with vectors applied, traits monitored per token, side by side"),
+    "chat": (chat, "chat with the steered model in this terminal; tokens coloured by a monitored trait"),
     "export": (export, "write vectors as a llama.cpp control-vector GGUF"),
     "serve": (serve, "register a steering configuration as an MLflow model for `mlflow models serve`"),
 }

@@ -178,11 +178,12 @@ def best_vector(trait: str, model: str, *, experiment: str = "traitlab", uri: st
     return refs[0]
 
 
-def no_vectors_error(trait: str, model: str, experiment: str, filters: dict[str, str]) -> ConfigError:
+def no_vectors_error(trait: str, model: str, experiment: str, filters: dict[str, str],
+                     key: str = "traits") -> ConfigError:
     """The one message for "this trait has no vectors here": what was searched and how to make some."""
     what = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
     return ConfigError(
-        "traits",
+        key,
         f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
         f"{experiment!r}; extract first: python launchers/extract.py trait={trait}",
     )
