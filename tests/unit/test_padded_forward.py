@@ -36,7 +36,7 @@ def test_capture_pooled_is_the_same_padded_and_unpadded(gpt2_lm) -> None:
 
 
 def test_inference_passes_are_the_same_padded_and_unpadded(gpt2_lm) -> None:
-    from traitlab.pipelines.infer import capture_encoded, project_encoded
+    from traitlab.monitor.scoring import capture_encoded, project_encoded
 
     tok = gpt2_lm.tokenizer
     enc = _encoded(tok)
