@@ -49,3 +49,20 @@ def test_joy_against_the_neutral_set(smollm2):
 def test_without_a_reference_it_fails_before_the_model_loads():
     with pytest.raises(ConfigError, match="extraction.reference"):
         fit_trait(_cfg(None), lm=None)
+
+
+def test_cap_thresholds_of_a_positive_only_vector_extracted_with_auto_batches(smollm2, mlflow_store):
+    """The use stage re-reads the training rows of an extraction: the reference set and the `auto` batch size
+    must come back as the extraction used them (same rows, same split), not fail or differ."""
+    from traitlab.pipelines.common import training_projections
+    from traitlab.steering_vector import SteeringVector
+
+    cfg = ExtractConfig(trait=TraitConfig(name="emotions/joy"), method=MethodConfig(name="mean_diff"), layers="8",
+                        extraction=ExtractionConfig(batch_size="auto", n_bootstrap=200, cv_folds=0),
+                        tracking=TrackingConfig(experiment="positive_only_cap"))
+    res = run_extract(cfg, lm=smollm2)  # reference: category, from datasets/traits/emotions/extraction.yaml
+    assert res.extraction.reference == "category:emotions"
+    v = SteeringVector.from_registry("emotions/joy", "smollm2_135m", "8", experiment="positive_only_cap")
+    proj = training_projections(smollm2, v, experiment="positive_only_cap", uri=None)[8]
+    assert proj.numel() == res.extraction.counts["n_train_pos"] + res.extraction.counts["n_train_neg"]
+    assert float(proj.mean()) == pytest.approx(res.metrics[8]["baseline"], rel=1e-4, abs=1e-4)

@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from traitlab.config.schema import ExtractConfig
+from traitlab.config.trait_overrides import command_line_keys
 from traitlab.pipelines.extract import run_extract
 from traitlab.tracking.callbacks import PARENT_FILE, parent_run_id_from_hydra
 
@@ -19,8 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def task(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
     typed: ExtractConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    res = run_extract(typed, parent_run_id=parent_run_id_from_hydra())
+    explicit = command_line_keys(HydraConfig.get().overrides.task) if HydraConfig.initialized() else set()
+    res = run_extract(typed, parent_run_id=parent_run_id_from_hydra(), command_line=explicit)
     print(f"MLflow run: {res.run_id}{' (already done: skipped)' if res.skipped else ''}")
     best = res.best_layer  # a sweeper maximises the held-out accuracy there (cross-validated when cv is on)
     if best is None:
@@ -64,7 +68,8 @@ def normalize_sweep(config: DictConfig, parent_run_id: str) -> list[Any]:
     from dataclasses import replace
 
     from traitlab.config.schema import ComponentConfig, MethodConfig, NormalizeConfig, PositionConfig
-    from traitlab.pipelines.normalize import run_normalize, source_config
+    from traitlab.pipelines.normalize import run_normalize
+    from traitlab.pipelines.trait_data import run_extract_config
     from traitlab.tracking.names import NORMALIZATION_TAG
     from traitlab.tracking.store import ensure_store
 
@@ -80,8 +85,8 @@ def normalize_sweep(config: DictConfig, parent_run_id: str) -> list[Any]:
     normalize = NormalizeConfig(**OmegaConf.to_container(config.normalize, resolve=True))  # type: ignore[arg-type]
     results = []
     for (_, method, component, position), by_trait in sorted(groups.items()):
-        base = source_config(ExtractConfig(tracking=OmegaConf.to_object(config.tracking)),  # type: ignore[arg-type]
-                              next(iter(by_trait.values())))
+        base = run_extract_config(next(iter(by_trait.values())), experiment=tracking.get("experiment", "traitlab"),
+                                  uri=tracking.get("uri"))
         cfg = replace(base, normalize=normalize, method=MethodConfig(name=method, kwargs=base.method.kwargs),
                       component=ComponentConfig(name=component), position=PositionConfig(name=position, spec=position),
                       layers=str(config.get("layers", "all")), force=bool(config.get("force", False)))

@@ -12,6 +12,7 @@ from traitlab.judge.base import Scorer
 from traitlab.judge.cache import ScoreCache
 
 BACKENDS = ("openai", "openai_compatible", "hf_local", "perplexity")
+RUBRICS = ("trait", "axbench")  # trait: trait score + coherence; axbench: concept, instruction, fluency
 DEFAULTS: dict[str, Any] = {
     "backend": "openai",
     "model": None,  # openai: gpt-4.1-mini; openai_compatible: the server's first model; hf_local: smollm2_135m
@@ -26,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "top_logprobs": 20,
     "scale_max": "auto",  # auto | 100 | 9 (digit-splitting judges, see judge/scoring.py)
     "cache_path": "default",  # "default" -> <cache_dir>/judge_cache.sqlite; null -> in-memory only
+    "rubric": "trait",
     "relevance_check": False,
     "prompts_dir": None,  # null -> datasets/llm_judge
     "trait_prompt_path": None,  # trait-level trait_score prompt file (after inline eval_prompt)
@@ -34,10 +36,10 @@ DEFAULTS: dict[str, Any] = {
     "ppl_min": None,
     "ppl_max": None,
 }
-_IGNORED = {"_target_", "name"}
+_IGNORED = {"_target_", "name"}  # Hydra bookkeeping keys a config group may carry
 # Judge settings that change a score (retries, timeouts, concurrency and cache location do not).
 JUDGE_SEMANTIC = ("backend", "model", "base_url", "min_weight", "top_logprobs", "scale_max", "relevance_check",
-                  "perplexity_combine", "ppl_min", "ppl_max")  # Hydra bookkeeping keys a config group may carry
+                  "perplexity_combine", "ppl_min", "ppl_max")
 
 
 def _cache(path: Any) -> ScoreCache:
@@ -60,7 +62,31 @@ def resolve_judge_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     out.update({k: v for k, v in cfg.items() if k in DEFAULTS})
     if out["backend"] not in BACKENDS:
         raise ConfigError("judge.backend", f"'{out['backend']}' is not one of {', '.join(BACKENDS)}")
+    if out["rubric"] not in RUBRICS:
+        raise ConfigError("judge.rubric", f"'{out['rubric']}' is not one of {', '.join(RUBRICS)}")
+    if out["rubric"] == "axbench" and out["backend"] == "perplexity":
+        raise ConfigError("judge.rubric", "axbench needs an LLM judge (openai, openai_compatible or hf_local); "
+                                          "the perplexity backend scores coherence only")
+    if out["rubric"] == "axbench" and out["relevance_check"]:
+        raise ConfigError("judge.relevance_check", "applies to rubric=trait only; rubric=axbench rates "
+                                                   "instruction relevance itself (set relevance_check=false)")
     return out
+
+
+def prompt_texts(cfg: Mapping[str, Any] | None, *, eval_prompt: str | None = None, trait: str = "") -> list[str]:
+    """The text of every prompt template the configured judge renders, in a fixed order: what a score
+    depends on besides the settings, so identity hashes change when a prompt file does."""
+    from traitlab.judge.prompts import AXBENCH_KINDS, resolve_template
+
+    c = resolve_judge_config(cfg)
+    if c["rubric"] == "axbench":
+        return [resolve_template(kind, prompts_dir=c["prompts_dir"]).text for kind in AXBENCH_KINDS]
+    texts = [resolve_template("trait_score", eval_prompt=eval_prompt, trait_prompt_path=c["trait_prompt_path"],
+                              prompts_dir=c["prompts_dir"], trait=trait).text,
+             resolve_template("coherence", prompts_dir=c["prompts_dir"]).text]
+    if c["relevance_check"]:
+        texts.append(resolve_template("relevance", prompts_dir=c["prompts_dir"]).text)
+    return texts
 
 
 def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Scorer:
@@ -68,6 +94,7 @@ def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Sc
 
     Call `validate()` on the result (or `validate_scorer`) before loading the steered model.
     """
+    from traitlab.judge.axbench import AxBenchJudge
     from traitlab.judge.cheap import CombinedScorer, PerplexityCoherence
     from traitlab.judge.scoring import LogprobJudge
 
@@ -94,11 +121,16 @@ def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Sc
             max_retries=int(c["max_retries"]), timeout_s=float(c["timeout_s"]), backoff_s=float(c["backoff_s"]),
             max_backoff_s=float(c["max_backoff_s"]), concurrency=int(c["concurrency"]), scale_max=scale,
         )
-    judge = LogprobJudge(
-        source, min_weight=float(c["min_weight"]), top_logprobs=int(c["top_logprobs"]),
-        relevance_check=bool(c["relevance_check"]), cache=cache, prompts_dir=c["prompts_dir"],
-        trait_prompt_path=c["trait_prompt_path"],
-    )
+    judge: Any
+    if c["rubric"] == "axbench":
+        judge = AxBenchJudge(source, min_weight=float(c["min_weight"]), top_logprobs=int(c["top_logprobs"]),
+                             cache=cache, prompts_dir=c["prompts_dir"])
+    else:
+        judge = LogprobJudge(
+            source, min_weight=float(c["min_weight"]), top_logprobs=int(c["top_logprobs"]),
+            relevance_check=bool(c["relevance_check"]), cache=cache, prompts_dir=c["prompts_dir"],
+            trait_prompt_path=c["trait_prompt_path"],
+        )
     if c["perplexity_combine"]:
         ppl_model = model if model is not None else "smollm2_135m"
         ppl = PerplexityCoherence(ppl_model, batch_size=int(c["batch_size"]), cache=cache, **ppl_kwargs)
@@ -108,20 +140,19 @@ def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Sc
 
 def build_judge(jcfg: Mapping[str, Any], lm: Any = None) -> Scorer:
     """The judge; an in-process judge (or perplexity scorer) reuses the loaded model when it is the same one."""
-    same = lm is not None and (jcfg["backend"] != "hf_local" or (jcfg.get("model") or "smollm2_135m") == lm.name)
+    from traitlab.models.identity import identity_of
+
+    same = lm is not None and (jcfg["backend"] != "hf_local"
+                               or identity_of(jcfg.get("model") or "smollm2_135m").key == lm.identity.key)
     return make_judge(jcfg, model=lm if same else None)
 
 
 def judge_identity(jcfg: Mapping[str, Any], trait: Any) -> str:
     """Hash of everything that changes a judge score of `trait` (a TraitDataset): semantic settings and the
     prompt texts used."""
-    from traitlab.judge.prompts import resolve_template
-
     spec = trait.steering
-    texts = [resolve_template("trait_score", eval_prompt=spec.eval_prompt if spec else None,
-                              trait_prompt_path=jcfg.get("trait_prompt_path"), prompts_dir=jcfg.get("prompts_dir"),
-                              trait=trait.qualified_name).text,
-             resolve_template("coherence", prompts_dir=jcfg.get("prompts_dir")).text]
-    if jcfg.get("relevance_check"):
-        texts.append(resolve_template("relevance", prompts_dir=jcfg.get("prompts_dir")).text)
-    return content_hash("judge-id-v1", {k: jcfg.get(k) for k in JUDGE_SEMANTIC}, texts, trait.definition or "")
+    texts = prompt_texts(jcfg, eval_prompt=spec.eval_prompt if spec else None, trait=trait.qualified_name)
+    semantic = {k: jcfg.get(k) for k in JUDGE_SEMANTIC}
+    if jcfg.get("rubric", "trait") != "trait":  # only then: studies judged by the default rubric keep their names
+        semantic["rubric"] = jcfg["rubric"]
+    return content_hash("judge-id-v1", semantic, texts, trait.definition or "")

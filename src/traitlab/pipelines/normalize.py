@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from traitlab.config.schema import ExtractConfig, TraitConfig
 from traitlab.core.evaluation import score_vector
@@ -28,17 +27,16 @@ from traitlab.core.methods import derive_seed
 from traitlab.core.metrics import argmax_finite
 from traitlab.core.normalization import mean_abs_cosine, neutral_basis, normalize_vectors
 from traitlab.data.reference import ReferenceSet
-from traitlab.data.splits import trait_split
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
 from traitlab.models.batching import resolve_batch_size
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.pipelines.common import model_key, pooled_activations, prompt_texts, responses_for
-from traitlab.pipelines.trait_data import check_normalize_settings, load_trait_for, prepare_trait_data
+from traitlab.pipelines.trait_data import check_normalize_settings, run_extract_config, training_rows
 from traitlab.tracking.artifacts import save_vector, vector_dir, vector_path
 from traitlab.tracking.names import NORMALIZATION_TAG, best_metric, layer_metric
 from traitlab.tracking.registry import VectorRef, fetch_vector, find_vectors
-from traitlab.tracking.runs import run_config, stage_run
+from traitlab.tracking.runs import stage_run
 from traitlab.tracking.store import ensure_store
 
 log = logging.getLogger(__name__)
@@ -110,20 +108,11 @@ def _neutral_bases(lm: LoadedModel, cfg: ExtractConfig, neutral: ReferenceSet,
     return {lyr: neutral_basis(acts[:, j], cfg.normalize.variance) for j, lyr in enumerate(layers)}
 
 
-def source_config(cfg: ExtractConfig, run_id: str) -> ExtractConfig:
-    """The ExtractConfig a run was made with (its logged resolved config; the store is cfg.tracking's)."""
-    client, _ = ensure_store(cfg.tracking.uri, cfg.tracking.experiment)
-    merged = OmegaConf.merge(OmegaConf.structured(ExtractConfig), run_config(client, run_id))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
-
-
 def _heldout(lm: LoadedModel, src: ExtractConfig, layers: list[int],
              vectors: dict[str, dict[int, torch.Tensor]]) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, int]]:
     """Val metrics of each named vector set on the source run's own held-out rows (its seed, split, data)."""
-    trait, _ = load_trait_for(src)
     src_layers = parse_layers(src.layers, lm.n_layers)  # the source's layer list: its activation cache entry
-    data = prepare_trait_data(lm, src, trait, src_layers)
-    split = trait_split(data.trait, src.extraction.val_split, src.seed)
+    data, split = training_rows(lm, src, src_layers)
     pos, neg = data.acts["positive"], data.acts["negative"]
     out: dict[str, dict[int, dict[str, float]]] = {name: {} for name in vectors}
     for lyr in layers:
@@ -164,7 +153,7 @@ def run_normalize(cfg: ExtractConfig, traits: list[str], *, source_runs: Mapping
                             neutral.fingerprint() if neutral else None)
     for t in traits:
         run_id = next(iter(sources[t].values())).run_id
-        held, counts = _heldout(lm, source_config(cfg, run_id), layers, {"raw": raw[t], "normalized": res.vectors[t]})
+        held, counts = _heldout(lm, run_extract_config(run_id, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri), layers, {"raw": raw[t], "normalized": res.vectors[t]})
         per_layer = {}
         for lyr in layers:
             normed = info[lyr]

@@ -50,9 +50,10 @@ class TraitData:
     notes: list[str] = field(default_factory=list)  # what the metrics mean here (a reference set, vetting)
 
 
-def load_trait_for(cfg: ExtractConfig) -> tuple[TraitDataset, ReferenceSet | None]:
-    """The trait as extraction sees it: with `extraction.reference` as its negatives when one is set."""
-    trait = load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
+def load_trait_for(cfg: ExtractConfig, trait: TraitDataset | None = None) -> tuple[TraitDataset, ReferenceSet | None]:
+    """The trait (loaded from cfg.trait unless given) as extraction sees it: with `extraction.reference` as
+    its negatives when one is set."""
+    trait = trait or load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
     ref = None
     if cfg.extraction.reference:
         ref = load_reference(cfg.extraction.reference, trait, cfg.seed)
@@ -181,3 +182,33 @@ def table_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Row dicts as the column dict `mlflow.log_table` takes (every column present in every row)."""
     keys = ["polarity", "row", "source", "score", "kept", "reason", "prompt", "response"]
     return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def run_extract_config(run_id: str, *, experiment: str, uri: str | None) -> ExtractConfig:
+    """The effective ExtractConfig an extraction run was made with (its logged config). A value an older run
+    logged redacted ("***") falls back to the schema default."""
+    from omegaconf import OmegaConf
+
+    from traitlab.tracking.runs import run_config
+    from traitlab.tracking.store import ensure_store
+
+    client, _ = ensure_store(uri, experiment)
+
+    def unredacted(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: unredacted(v) for k, v in x.items() if v != "***"}
+        return x
+
+    merged = OmegaConf.merge(OmegaConf.structured(ExtractConfig), unredacted(run_config(client, run_id)))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def training_rows(lm: LoadedModel, run_cfg: ExtractConfig, layers: list[int]) -> tuple[TraitData, dict[str, Any]]:
+    """An extraction's data and its train / held-out split, rebuilt from its config: the same trait files,
+    reference set, vetted rows, position, component, responses and seed, so the pooled activations come from
+    the extraction's own cache entry when `layers` is the layer list it captured."""
+    from traitlab.data.splits import trait_split
+
+    trait, _ = load_trait_for(run_cfg)
+    data = prepare_trait_data(lm, run_cfg, trait, layers)
+    return data, trait_split(data.trait, run_cfg.extraction.val_split, run_cfg.seed)

@@ -12,6 +12,8 @@ def layer_metric(name: str) -> str:
 
 def best_metric(name: str) -> str:
     return BEST + name
+
+
 # Runs of cross-trait normalised vectors carry this tag; its value names the steps ("center", "denoise",
 # "center+denoise"). Registry lookups keep them apart from the vectors as extracted.
 NORMALIZATION_TAG = "normalization"

@@ -162,7 +162,6 @@ def stage_run(cfg: Any, *, job_key: str, run_name: str, tags: Mapping[str, Any],
                    tags=tags, parent_run_id=parent_run_id, force=cfg.force, uri=cfg.tracking.uri)
 
 
-
 def run_config(client: RetryingClient, run_id: str) -> dict[str, Any]:
     """The resolved config a job logged (secrets redacted), as a plain dict."""
     import tempfile
