@@ -77,16 +77,26 @@ def compose_config(stage: str, overrides: Sequence[str] = (), **kwargs: Any) -> 
     return OmegaConf.to_object(cfg)
 
 
+def _command_line(overrides: Sequence[str], kwargs: Mapping[str, Any]) -> set[str]:
+    """The config keys these arguments set, as the launcher reads them from the command line (a trait's
+    extraction.yaml fills only the others)."""
+    from traitlab.config.trait_overrides import command_line_keys
+
+    return command_line_keys([*overrides, *overrides_of(kwargs)])
+
+
 def extract(overrides: Sequence[str] = (), *, lm: Any = None, **kwargs: Any) -> Any:
     from traitlab.pipelines.extract import run_extract
 
-    return run_extract(compose_config("extract", overrides, **kwargs), lm=lm)
+    return run_extract(compose_config("extract", overrides, **kwargs), lm=lm,
+                       command_line=_command_line(overrides, kwargs))
 
 
 def steer(overrides: Sequence[str] = (), *, lm: Any = None, judge: Any = None, **kwargs: Any) -> Any:
     from traitlab.pipelines.steer import run_steer
 
-    return run_steer(compose_config("steer", overrides, **kwargs), lm=lm, judge=judge)
+    return run_steer(compose_config("steer", overrides, **kwargs), lm=lm, judge=judge,
+                     command_line=_command_line(overrides, kwargs))
 
 
 def infer(overrides: Sequence[str] = (), *, lm: Any = None, **kwargs: Any) -> Any:
