@@ -66,13 +66,14 @@ def compose_config(stage: str, overrides: Sequence[str] = (), **kwargs: Any) -> 
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from traitlab.cli import SUBCOMMANDS, bootstrap, conf_path, reject_unknown_keys
+    from traitlab.cli import SUBCOMMANDS, bootstrap, conf_path, quote_dsl_overrides, reject_unknown_keys
 
     if stage not in SUBCOMMANDS:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(SUBCOMMANDS)}")
     bootstrap()
     with initialize_config_dir(config_dir=conf_path(), version_base="1.3", job_name=stage):
-        cfg = compose(config_name=stage, overrides=[*overrides, *overrides_of(kwargs)])
+        # quoted as the launcher quotes them: layers=10 is the DSL string '10' either way, so both compose one job key
+        cfg = compose(config_name=stage, overrides=quote_dsl_overrides([*overrides, *overrides_of(kwargs)]))
     reject_unknown_keys(cfg)
     return OmegaConf.to_object(cfg)
 

@@ -11,9 +11,9 @@ from traitlab.config.steer import JudgeConfig, SteerConfig, SteeringConfig
 from traitlab.errors import ConfigError
 from traitlab.judge import JudgeScore
 from traitlab.models.chat import format_prompt
+from traitlab.models.generation import generate_texts
 from traitlab.models.identity import model_tags
 from traitlab.models.loading import ModelSpec
-from traitlab.models.generation import generate_texts
 from traitlab.pipelines import steer
 from traitlab.pipelines.extract import run_extract
 from traitlab.steering_vector import SteeringVector
