@@ -30,6 +30,7 @@ from traitlab.data.reference import ReferenceSet
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
 from traitlab.models.batching import resolve_batch_size
+from traitlab.models.identity import model_tags, vectors_key
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.pipelines.common import model_key, pooled_activations, prompt_texts, responses_for
 from traitlab.pipelines.trait_data import check_normalize_settings, run_extract_config, training_rows
@@ -70,7 +71,7 @@ def _sources(cfg: ExtractConfig, traits: list[str],
             out[t] = {int(x): VectorRef(runs[t], t, tags["model"], tags["method"], tags["component"], tags["position"],
                                         int(x)) for x in tags["layers"].split(",") if x}
             continue
-        refs = find_vectors(t, cfg.model.name, method=cfg.method.name, component=cfg.component.name,
+        refs = find_vectors(t, vectors_key(cfg.model), method=cfg.method.name, component=cfg.component.name,
                             position=cfg.position.spec, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
         if not refs:
             raise ConfigError("normalize", f"no extracted vectors of {t} (method={cfg.method.name}, component="
@@ -178,7 +179,7 @@ def _log_trait(cfg: ExtractConfig, lm: LoadedModel, trait: str, source_run: str,
                per_layer: dict[int, dict[str, float]], counts: dict[str, int], res: NormalizeResult, key: str,
                neutral: ReferenceSet | None, parent_run_id: str | None) -> tuple[str, bool]:
     tcfg = replace(cfg, trait=TraitConfig(name=trait))
-    tags = {"traitlab.stage": "extract", "trait": trait, "model": lm.name, "method": cfg.method.name,
+    tags = {"traitlab.stage": "extract", "trait": trait, **model_tags(lm.spec), "method": cfg.method.name,
             "component": cfg.component.name, "position": cfg.position.spec, "layers": ",".join(map(str, res.layers)),
             NORMALIZATION_TAG: res.steps, "traitlab.source_run": source_run,
             "traitlab.source_runs": ",".join(source_runs), "traitlab.normalized_with": ",".join(
@@ -193,7 +194,8 @@ def _log_trait(cfg: ExtractConfig, lm: LoadedModel, trait: str, source_run: str,
         best = argmax_finite({lyr: m.get("val_effect_size", float("nan")) for lyr, m in per_layer.items()})
         with tempfile.TemporaryDirectory() as tmp:
             for lyr, v in res.vectors[trait].items():
-                meta = {"trait": trait, "model": lm.name, "model_id": lm.spec.id, "method": cfg.method.name,
+                meta = {"trait": trait, "model": lm.identity.key, "model_name": lm.name, "model_id": lm.spec.id,
+                        "method": cfg.method.name,
                         "component": cfg.component.name, "position": cfg.position.spec, "layer": lyr,
                         "dim": int(v.shape[0]), "normalization": res.steps, "source_run": source_run,
                         "source_runs": source_runs, "normalize": asdict(cfg.normalize),
