@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -13,6 +15,7 @@ from traitlab.pipelines.extract import fit_trait, run_extract
 from traitlab.tracking.registry import find_vectors
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = "8,12"  # the capture stops after layer 12
 
 
@@ -46,23 +49,47 @@ def test_joy_against_the_neutral_set(smollm2):
     assert any("neutral:default" in w for w in ex.warnings)
 
 
-def test_without_a_reference_it_fails_before_the_model_loads():
+def _positive_only_dir(tmp_path: Path, n: int, extraction_yaml: str | None = None) -> Path:
+    """The first `n` joy stories as a trait of its own outside datasets/traits (no category, no extraction.yaml
+    unless given)."""
+    d = tmp_path / "joy_small"
+    d.mkdir()
+    rows = (ROOT / "datasets" / "traits" / "emotions" / "joy" / "positive.jsonl").read_text().splitlines()[:n]
+    (d / "positive.jsonl").write_text("\n".join(rows) + "\n")
+    if extraction_yaml is not None:
+        (d / "extraction.yaml").write_text(extraction_yaml)
+    return d
+
+
+def test_without_a_reference_it_fails_before_the_model_loads(tmp_path):
+    cfg = _cfg(None)
+    cfg = replace(cfg, trait=TraitConfig(path=str(_positive_only_dir(tmp_path, 12))))
     with pytest.raises(ConfigError, match="extraction.reference"):
-        fit_trait(_cfg(None), lm=None)
+        fit_trait(cfg, lm=None)  # lm=None: reaching the model load would load SmolLM2 and not raise
 
 
-def test_cap_thresholds_of_a_positive_only_vector_extracted_with_auto_batches(smollm2, mlflow_store):
-    """The use stage re-reads the training rows of an extraction: the reference set and the `auto` batch size
-    must come back as the extraction used them (same rows, same split), not fail or differ."""
+def test_cap_thresholds_of_a_positive_only_vector_extracted_with_auto_batches(smollm2, mlflow_store, tmp_path):
+    """The use stage re-reads the training rows of an extraction: the reference set (set by the trait's
+    extraction.yaml) and the `auto` batch size come back as the extraction used them (same rows, same split),
+    from the extraction's caches: no forward pass, no second batch-size measurement."""
     from traitlab.pipelines.common import training_projections
     from traitlab.steering_vector import SteeringVector
 
-    cfg = ExtractConfig(trait=TraitConfig(name="emotions/joy"), method=MethodConfig(name="mean_diff"), layers="8",
+    ref = tmp_path / "reference.jsonl"
+    ref.write_text("\n".join((ROOT / "datasets" / "neutral" / "default.jsonl").read_text().splitlines()[:12]) + "\n")
+    trait = _positive_only_dir(tmp_path, 12, f"reference: {ref}\n")
+    cfg = ExtractConfig(trait=TraitConfig(path=str(trait)), method=MethodConfig(name="mean_diff"), layers="8",
                         extraction=ExtractionConfig(batch_size="auto", n_bootstrap=200, cv_folds=0),
                         tracking=TrackingConfig(experiment="positive_only_cap"))
-    res = run_extract(cfg, lm=smollm2)  # reference: category, from datasets/traits/emotions/extraction.yaml
-    assert res.extraction.reference == "category:emotions"
-    v = SteeringVector.from_registry("emotions/joy", "smollm2_135m", "8", experiment="positive_only_cap")
-    proj = training_projections(smollm2, v, experiment="positive_only_cap", uri=None)[8]
-    assert proj.numel() == res.extraction.counts["n_train_pos"] + res.extraction.counts["n_train_neg"]
+    res = run_extract(cfg, lm=smollm2)
+    assert res.extraction.reference == str(ref) and "extraction.batch_size" in res.extraction.batch_sizes
+    v = SteeringVector.from_registry(res.trait, "smollm2_135m", "8", experiment="positive_only_cap")
+    forwards = []
+    handle = smollm2.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        proj = training_projections(smollm2, v, experiment="positive_only_cap", uri=None)[8]
+    finally:
+        handle.remove()
+    assert forwards == []
+    assert proj.numel() == res.extraction.counts["n_train_pos"] + res.extraction.counts["n_train_neg"] == 22
     assert float(proj.mean()) == pytest.approx(res.metrics[8]["baseline"], rel=1e-4, abs=1e-4)

@@ -50,7 +50,7 @@ from traitlab.pipelines.trait_data import (
     vetting_key,
 )
 from traitlab.tracking.artifacts import save_vector, vector_dir, vector_path
-from traitlab.tracking.names import best_metric, layer_metric
+from traitlab.tracking.names import auto_batch_metric, best_metric, layer_metric
 from traitlab.tracking.runs import JobRun, stage_run
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def _log_preparation(run: JobRun, ex: Extraction) -> None:
         if ex.vetting.dropped:
             run.log_table(table_columns(ex.vetting.dropped), "tables/vetting_dropped.json")
     if ex.batch_sizes:
-        run.log_metrics({f"auto_batch/{k}": float(v) for k, v in ex.batch_sizes.items()})
+        run.log_metrics({auto_batch_metric(k): float(v) for k, v in ex.batch_sizes.items()})
 
 
 def describe(trait: str, method: str, ex: Extraction) -> str:

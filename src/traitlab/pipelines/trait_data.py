@@ -186,9 +186,11 @@ def table_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 def run_extract_config(run_id: str, *, experiment: str, uri: str | None) -> ExtractConfig:
     """The effective ExtractConfig an extraction run was made with (its logged config). A value an older run
-    logged redacted ("***") falls back to the schema default."""
+    logged redacted ("***") falls back to the schema default; an `auto` batch size is the size the run measured
+    (its auto_batch/<key> metric), so rebuilding its rows does not measure again."""
     from omegaconf import OmegaConf
 
+    from traitlab.tracking.names import auto_batch_metric
     from traitlab.tracking.runs import run_config
     from traitlab.tracking.store import ensure_store
 
@@ -200,6 +202,10 @@ def run_extract_config(run_id: str, *, experiment: str, uri: str | None) -> Extr
         return x
 
     merged = OmegaConf.merge(OmegaConf.structured(ExtractConfig), unredacted(run_config(client, run_id)))
+    measured = client.get_run(run_id).data.metrics
+    for key in ("extraction.batch_size", "extraction.generation.batch_size"):
+        if isinstance(OmegaConf.select(merged, key), str) and auto_batch_metric(key) in measured:
+            OmegaConf.update(merged, key, int(measured[auto_batch_metric(key)]))
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 

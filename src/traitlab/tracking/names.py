@@ -4,6 +4,7 @@ from __future__ import annotations
 
 LAYER = "layer/"
 BEST = "best/"
+AUTO_BATCH = "auto_batch/"  # + a batch size key set to `auto`: the size it resolved to in this run
 
 
 def layer_metric(name: str) -> str:
@@ -12,6 +13,10 @@ def layer_metric(name: str) -> str:
 
 def best_metric(name: str) -> str:
     return BEST + name
+
+
+def auto_batch_metric(key: str) -> str:
+    return AUTO_BATCH + key
 
 
 # Runs of cross-trait normalised vectors carry this tag; its value names the steps ("center", "denoise",
