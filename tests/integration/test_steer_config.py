@@ -54,6 +54,7 @@ def test_axbench_rubric_refuses_steering_away_and_is_part_of_the_judge_identity(
     import shutil
 
     from traitlab.io import content_hash
+    from traitlab.judge.factory import JUDGE_SEMANTIC, judge_identity
     from traitlab.judge.prompts import resolve_template
 
     away = tmp_path / "mine" / "calm"
@@ -67,11 +68,11 @@ def test_axbench_rubric_refuses_steering_away_and_is_part_of_the_judge_identity(
     trait = load_trait(resolve_trait_dir("starter/optimism"))
     plain = steer.judge_config(compose_steer("trait=starter/optimism", "judge=hf_local").judge)
     # The default rubric keeps the identity it had before rubrics existed, so existing studies resume.
-    before = content_hash("judge-id-v1", {k: plain.get(k) for k in steer._JUDGE_SEMANTIC},
+    before = content_hash("judge-id-v1", {k: plain.get(k) for k in JUDGE_SEMANTIC},
                           [resolve_template("trait_score", trait=trait.qualified_name).text,
                            resolve_template("coherence").text], trait.definition or "")
-    assert steer.judge_identity(plain, trait) == before
-    assert steer.judge_identity({**plain, "rubric": "axbench"}, trait) != before
+    assert judge_identity(plain, trait) == before
+    assert judge_identity({**plain, "rubric": "axbench"}, trait) != before
 
 
 def test_missing_vectors_error_names_what_exists(mlflow_store):
