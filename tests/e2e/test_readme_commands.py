@@ -63,6 +63,8 @@ def _get(cfg: dict, dotted: str):
 
 
 def _as_typed(value) -> str:
+    if isinstance(value, bool):  # normalize.center=true arrives as the boolean Hydra parses it to
+        return str(value).lower()
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

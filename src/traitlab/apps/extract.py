@@ -77,6 +77,11 @@ def normalize_sweep(config: DictConfig, parent_run_id: str) -> list[Any]:
     client, exp_id = ensure_store(tracking.get("uri"), tracking.get("experiment", "traitlab"))
     runs = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)
     runs += client.search_runs([exp_id], filter_string=f"tags.`traitlab.sweep.{parent_run_id}` = '1'", max_results=1000)
+    if not any(r.data.tags.get("traitlab.stage") == "extract" for r in runs):
+        # Hydra calls on_multirun_end only when every job returned, and every extraction job that returns has
+        # a run (new or reused): none means the launcher ran no job (one that only composes configs).
+        log.warning("normalize.* is set but the sweep ran no extraction job: nothing to normalise")
+        return []
     groups: dict[tuple[str, str, str, str], dict[str, str]] = defaultdict(dict)
     for r in runs:
         t = r.data.tags
