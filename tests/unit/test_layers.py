@@ -89,3 +89,21 @@ def test_errors_quote_spec_and_range(spec, n, best, fragment):
 def test_bad_n_layers():
     with pytest.raises(LayerSpecError, match="n_layers must be a positive int, got 0"):
         parse_layers("all", 0)
+
+
+@pytest.mark.parametrize(("spec", "best", "expected"), [
+    ("best-2:best+2", 12, [10, 11, 12, 13, 14]),
+    ("best:best+1", 12, [12, 13]),
+    ("best-2:best+2", 1, [0, 1, 2, 3]),        # a window around best is clipped to the model's layers
+    ("best-1:best+3", 28, [27, 28, 29]),
+    ("2,best-1:best+1", 20, [2, 19, 20, 21]),
+])
+def test_window_around_best(spec, best, expected):
+    assert parse_layers(spec, 30, best=best) == expected
+
+
+def test_window_around_best_errors():
+    with pytest.raises(LayerSpecError, match="'best' needs a best layer"):
+        parse_layers("best-2:best+2", 30, best=None)
+    with pytest.raises(LayerSpecError, match="runs backwards"):
+        parse_layers("best+2:best-2", 30, best=10)
