@@ -40,14 +40,26 @@ class Row:
 
 def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_questions: int = 4,
                   max_new_tokens: int = 24, seed: int = 42) -> Row:
-    from traitlab.config.schema import ExtractConfig, GenerationConfig, MethodConfig, TrackingConfig, TraitConfig
+    from traitlab.config.schema import (
+        ExtractConfig,
+        GenerationConfig,
+        MethodConfig,
+        TrackingConfig,
+        TraitConfig,
+    )
     from traitlab.core.stats import steerability
     from traitlab.data import load_trait, resolve_trait_dir
     from traitlab.judge.cheap import PerplexityCoherence
     from traitlab.models.chat import format_prompt
     from traitlab.models.steering import activation_norms
     from traitlab.pipelines.extract import run_extract
-    from traitlab.pipelines.steer_measures import PROPENSITY, Measurer, heldout_examples, heldout_pairs, paired_delta
+    from traitlab.pipelines.steer_measures import (
+        PROPENSITY,
+        Measurer,
+        heldout_examples,
+        heldout_pairs,
+        paired_delta,
+    )
 
     cfg = ExtractConfig(trait=TraitConfig(name=trait_name), method=MethodConfig(name="mean_diff"), layers="all",
                         tracking=TrackingConfig(experiment=experiment), seed=seed)

@@ -97,7 +97,7 @@ def test_extraction_runs_on_the_variant(mlflow_store, smollm2, variant, lora_dir
         assert abs(float(v.norm()) - 1.0) < 1e-4
     run = MlflowClient(mlflow_store).get_run(res.run_id)
     assert run.data.tags["model"] == VARIANT and run.data.params["model.lora"] == str(lora_dir)
-    assert run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics
+    assert run.info.status == "FINISHED" and "layer/val_accuracy" in run.data.metrics
     base = run_extract(replace(cfg, model=ModelSpec()))
     assert base.run_id != res.run_id
     # the variant's activations were used (not the base's cached ones): the vectors differ

@@ -268,6 +268,7 @@ CASES: list[Case] = [
     Case("method_bad_kwarg", args("method=probe", "+method.kwargs.bogus=1"),
          ("config method.bogus", "valid options:", "penalty")),
     Case("val_split_out_of_range", args("extraction.val_split=1.5"), ("extraction.val_split", "1.5")),
+    Case("cv_one_fold", args("extraction.cv_folds=1"), ("extraction.cv_folds", "at least 2 folds")),
     Case("bad_dtype", args("model.dtype=float8"), ("config model.dtype", "'float8'", "bfloat16")),
     Case("bad_device", args("model.device=tpu"), ("config model.device", "'tpu'", "cpu")),
     Case("bad_quantization", args("model.quantization=int3"), ("config model.quantization", "'int3'", "nf4")),

@@ -22,13 +22,32 @@ from typing import Any
 
 import yaml
 
-from traitlab.errors import DataError
+from traitlab.errors import ConfigError, DataError
 
 MAX_LINE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _WS = re.compile(r"[ \t\n\r]*")
 
 JsonPath = tuple[str | int, ...]
+
+
+def relative_name(name: str, root: Path, key: str, example: str, path_key: str, what: str) -> Path:
+    """A dataset name as a path below `root`; a name that could escape it ('..', absolute, '~') or is empty
+    is a ConfigError on `key` that points to `path_key` for `what` (a file, a directory) elsewhere."""
+    rel = Path(name)
+    if not name.strip() or rel.is_absolute() or ".." in rel.parts or name.startswith("~"):
+        raise ConfigError(key, f"{name!r} must be a relative name like {example} under {root} "
+                               f"(no '..', no absolute path); use {path_key}= for {what} elsewhere")
+    return rel
+
+
+def resolved_inside(candidate: Path, root: Path, name: str, key: str, path_key: str, what: str) -> Path:
+    """`candidate` resolved, unless a symlink takes it outside `root` (ConfigError on `key`)."""
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ConfigError(key, f"{name!r} leads outside {root} (symlink to {resolved}); "
+                               f"use {path_key}= to load {what} elsewhere")
+    return resolved
 
 
 def read_text(path: str | Path, expected: str, allow_empty: bool = False) -> str:

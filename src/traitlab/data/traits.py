@@ -32,6 +32,8 @@ from traitlab.data.readers import (
     read_nonblank_lines,
     read_text,
     read_yaml_mapping,
+    relative_name,
+    resolved_inside,
     type_name,
 )
 from traitlab.errors import ConfigError, DataError
@@ -134,17 +136,10 @@ def resolve_trait_dir(name: str | None = None, path: str | Path | None = None, r
         return p.resolve()
     root = Path(root) if root is not None else default_traits_root()
     assert name is not None
-    rel = Path(name)
-    if not name.strip() or rel.is_absolute() or ".." in rel.parts or name.startswith("~"):
-        raise ConfigError("trait", f"{name!r} must be a relative name like starter/sycophancy under {root} "
-                                   f"(no '..', no absolute path); use trait.path= for a directory elsewhere")
+    rel = relative_name(name, root, "trait", "starter/sycophancy", "trait.path", "a directory")
     candidate = root / rel
     if candidate.is_dir():
-        resolved = candidate.resolve()
-        if not resolved.is_relative_to(root.resolve()):
-            raise ConfigError("trait", f"{name!r} leads outside {root} (symlink to {resolved}); "
-                                       f"use trait.path= to load a directory elsewhere")
-        return resolved
+        return resolved_inside(candidate, root, name, "trait", "trait.path", "a directory")
     raise ConfigError("trait", f"no trait {name!r} under {root}; {_available_hint(root, rel.parent)}")
 
 

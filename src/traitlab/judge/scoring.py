@@ -73,20 +73,15 @@ class JudgePrompt:
     source: str
 
 
-class LogprobJudge:
-    """A Scorer: trait score + coherence (+ relevance check) from one-token judge replies, cached."""
+class OneTokenJudge:
+    """What every rubric shares: render prompts, fetch logprobs through the cache, score 0-100 per prompt.
 
-    def __init__(
-        self,
-        source: LogprobSource,
-        *,
-        min_weight: float = 0.25,
-        top_logprobs: int = 20,
-        relevance_check: bool = False,
-        cache: ScoreCache | None = None,
-        prompts_dir: str | Path | None = None,
-        trait_prompt_path: str | Path | None = None,
-    ):
+    A rubric (LogprobJudge, AxBenchJudge) says which prompts it asks per request (`prompts_for`) and how the
+    per-kind scores become one JudgeScore.
+    """
+
+    def __init__(self, source: LogprobSource, *, min_weight: float = 0.25, top_logprobs: int = 20,
+                 cache: ScoreCache | None = None, prompts_dir: str | Path | None = None):
         if not 0.0 <= min_weight <= 1.0:
             raise ConfigError("judge.min_weight", f"{min_weight} is not in [0, 1]")
         if not 1 <= top_logprobs <= 20:
@@ -94,33 +89,23 @@ class LogprobJudge:
         self.source = source
         self.min_weight = min_weight
         self.top_logprobs = top_logprobs
-        self.relevance_check = relevance_check
         self.cache = cache if cache is not None else ScoreCache(None)
         self.prompts_dir = prompts_dir
-        self.trait_prompt_path = trait_prompt_path
-        # Load and check the shared templates now so a bad prompt file fails before any model loads.
-        self._coherence = resolve_template("coherence", prompts_dir=prompts_dir)
-        self._relevance = resolve_template("relevance", prompts_dir=prompts_dir) if relevance_check else None
-        self.check_trait_prompt(None)
-
-    def check_trait_prompt(self, eval_prompt: str | None, trait: str = "") -> PromptTemplate:
-        """Resolve (and so check) the trait prompt a request would use; call it before loading models."""
-        return resolve_template("trait_score", eval_prompt=eval_prompt, trait_prompt_path=self.trait_prompt_path,
-                                prompts_dir=self.prompts_dir, trait=trait)
 
     def validate(self) -> None:
         self.source.validate()
+
+    def templates_for(self, req: ScoreRequest) -> list[tuple[str, PromptTemplate]]:
+        """(kind, template) pairs asked about one request."""
+        raise NotImplementedError
 
     def prompts_for(self, req: ScoreRequest, scale_max: int | None = None) -> list[JudgePrompt]:
         """The rendered prompts (and cache keys) this judge asks about one request."""
         scale_max = self.source.scale_max if scale_max is None else scale_max
         values = dict(trait=req.trait, definition=req.definition, question=req.question, answer=req.response,
                       max_score=scale_max)
-        templates = [("trait", self.check_trait_prompt(req.eval_prompt, req.trait)), ("coherence", self._coherence)]
-        if self._relevance is not None:
-            templates.append(("relevance", self._relevance))
         jobs = []
-        for kind, tpl in templates:
+        for kind, tpl in self.templates_for(req):
             prompt = tpl.render(**values)
             key = cache_key(self.source.backend, self.source.model_id, prompt, top_logprobs=self.top_logprobs)
             jobs.append(JudgePrompt(kind, prompt, key, tpl.source))
@@ -149,7 +134,8 @@ class LogprobJudge:
         value = logprob_score(lp, 0, scale_max, self.min_weight)
         return None if value is None else value * 100.0 / scale_max
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore]:
+    def score_kinds(self, requests: Sequence[ScoreRequest]) -> list[tuple[dict[str, float | None], dict[str, Any]]]:
+        """Per request: {kind: 0-100 score or None} and the raw record of how each score was computed."""
         if not requests:
             return []
         scale_max = self.source.scale_max
@@ -173,6 +159,47 @@ class LogprobJudge:
                     "key": j.key,
                     "prompt_source": j.source,
                 }
+            out.append((scores, raw))
+        return out
+
+
+class LogprobJudge(OneTokenJudge):
+    """A Scorer: trait score + coherence (+ relevance check) from one-token judge replies, cached."""
+
+    def __init__(
+        self,
+        source: LogprobSource,
+        *,
+        min_weight: float = 0.25,
+        top_logprobs: int = 20,
+        relevance_check: bool = False,
+        cache: ScoreCache | None = None,
+        prompts_dir: str | Path | None = None,
+        trait_prompt_path: str | Path | None = None,
+    ):
+        super().__init__(source, min_weight=min_weight, top_logprobs=top_logprobs, cache=cache,
+                         prompts_dir=prompts_dir)
+        self.relevance_check = relevance_check
+        self.trait_prompt_path = trait_prompt_path
+        # Load and check the shared templates now so a bad prompt file fails before any model loads.
+        self._coherence = resolve_template("coherence", prompts_dir=prompts_dir)
+        self._relevance = resolve_template("relevance", prompts_dir=prompts_dir) if relevance_check else None
+        self.check_trait_prompt(None)
+
+    def check_trait_prompt(self, eval_prompt: str | None, trait: str = "") -> PromptTemplate:
+        """Resolve (and so check) the trait prompt a request would use; call it before loading models."""
+        return resolve_template("trait_score", eval_prompt=eval_prompt, trait_prompt_path=self.trait_prompt_path,
+                                prompts_dir=self.prompts_dir, trait=trait)
+
+    def templates_for(self, req: ScoreRequest) -> list[tuple[str, PromptTemplate]]:
+        templates = [("trait", self.check_trait_prompt(req.eval_prompt, req.trait)), ("coherence", self._coherence)]
+        if self._relevance is not None:
+            templates.append(("relevance", self._relevance))
+        return templates
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore]:
+        out = []
+        for scores, raw in self.score_kinds(requests):
             coherence, capped = apply_relevance_rule(scores["coherence"], scores.get("relevance"))
             raw["coherence_capped_off_topic"] = capped
             out.append(JudgeScore(trait=scores["trait"], coherence=coherence, relevance=scores.get("relevance"),

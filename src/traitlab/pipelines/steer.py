@@ -48,6 +48,7 @@ from traitlab.pipelines.steer_measures import (
 from traitlab.pipelines.steer_prepare import Prepared, _gen, build_judge, resolve_layers, validate_inputs
 from traitlab.pipelines.steer_results import LayerResult, SteerResult, layer_steerability, trial_row
 from traitlab.tracking.artifacts import slug
+from traitlab.tracking.names import layer_metric
 from traitlab.tracking.registry import VectorRef, fetch_vector
 from traitlab.tracking.runs import JobRun, job_run
 
@@ -291,7 +292,7 @@ def _finish(run: JobRun, res: SteerResult, rows: list[dict]) -> None:
     if res.per_layer:
         out.log_layers(run, res)
     for lyr, a in res.ablation.items():
-        run.log_metrics({f"layer/{k}": v for k, v in a.items() if v is not None}, step=lyr)
+        run.log_metrics({layer_metric(k): v for k, v in a.items() if v is not None}, step=lyr)
     res.rows = rows
     out.log_rows(run, rows)
     out.log_summary(run, res)

@@ -109,7 +109,7 @@ def heldout_examples(trait: TraitDataset, val_split: float, seed: int, *, ood: b
                      max_pairs: int | None = None) -> list[tuple[Example, Example, str]]:
     """The pairs extraction held out (its val split, same function and seed), then OOD pairs; only pairs whose
     two sides share a prompt, since propensity compares two answers to one prompt."""
-    split = data_splits.split_indices(len(trait.positive), len(trait.negative), val_split, seed, trait.paired)
+    split = data_splits.trait_split(trait, val_split, seed)
     val_pos = [trait.positive[int(i)] for i in split["val_pos"]]
     val_neg = [trait.negative[int(i)] for i in split["val_neg"]]
     out = _pairs_of(val_pos, val_neg, trait.paired, "val")

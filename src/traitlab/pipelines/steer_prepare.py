@@ -160,18 +160,15 @@ def _prompted_system(cfg: SteerConfig, trait: TraitDataset, direction: int) -> s
 
 def judge_identity(jcfg: dict[str, Any], trait: TraitDataset) -> str:
     """Hash of everything that changes a judge score: semantic settings and the prompt texts used."""
-    from traitlab.judge.prompts import resolve_template
+    from traitlab.judge.factory import prompt_texts
 
     semantic = {k: jcfg.get(k) for k in _JUDGE_SEMANTIC}
     if jcfg["backend"] == "perplexity":
         return content_hash("judge-id-v1", semantic)
     spec = trait.steering
-    texts = [resolve_template("trait_score", eval_prompt=spec.eval_prompt if spec else None,
-                              trait_prompt_path=jcfg.get("trait_prompt_path"), prompts_dir=jcfg.get("prompts_dir"),
-                              trait=trait.qualified_name).text,
-             resolve_template("coherence", prompts_dir=jcfg.get("prompts_dir")).text]
-    if jcfg.get("relevance_check"):
-        texts.append(resolve_template("relevance", prompts_dir=jcfg.get("prompts_dir")).text)
+    texts = prompt_texts(jcfg, eval_prompt=spec.eval_prompt if spec else None, trait=trait.qualified_name)
+    if jcfg.get("rubric", "trait") != "trait":  # only then: studies judged by the default rubric keep their names
+        semantic["rubric"] = jcfg["rubric"]
     return content_hash("judge-id-v1", semantic, texts, trait.definition or "")
 
 
@@ -209,6 +206,9 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
     questions = list(spec.questions[:n] if n else spec.questions)
     jcfg = judge_config(cfg.judge)
     _check_judge_fits(cfg, jcfg["backend"])
+    if jcfg.get("rubric") == "axbench" and spec.direction < 0:
+        raise ConfigError("judge.rubric", f"axbench rewards the concept being present, but {trait.path}/steering.json "
+                                          "steers away from the trait (direction negative); use judge.rubric=trait")
     scorer = make_text_scorer(cfg.steering.scorer) if cfg.steering.scorer else None
     objective = objective_measure(cfg.steering.objective, scorer)
     judge = make_judge(jcfg)  # checks keys, prompt files and templates

@@ -17,6 +17,8 @@ from typing import Any
 from traitlab.core.stats import Steerability, steerability
 from traitlab.pipelines.steer_measures import PROPENSITY, Delta, Sample
 from traitlab.tracking.artifacts import FIGURES, TABLES
+from traitlab.tracking.names import best_metric as B
+from traitlab.tracking.names import layer_metric as L
 from traitlab.tracking.runs import JobRun
 
 log = logging.getLogger(__name__)
@@ -233,31 +235,31 @@ def log_layers(run: JobRun, res: SteerResult) -> None:
     from traitlab.viz.steering import objective_curve_figure, propensity_curve_figure
 
     for lyr, r in sorted(res.per_layer.items()):
-        m: dict[str, float] = {"layer/n_trials": len(r.trials), "layer/n_coherent": sum(t["feasible"] for t in r.trials)}
+        m: dict[str, float] = {L("n_trials"): len(r.trials), L("n_coherent"): sum(t["feasible"] for t in r.trials)}
         for k in ("activation_norm", "base_coefficient", "start_coefficient"):
             if math.isfinite(getattr(r, k)):
-                m[f"layer/{k}"] = _r(getattr(r, k))
+                m[L(k)] = _r(getattr(r, k))
         if r.best is not None:
             b = r.best
-            m["layer/coefficient"] = _r(b["coefficient"])
+            m[L("coefficient")] = _r(b["coefficient"])
             if r.base_coefficient > 0:
-                m["layer/coefficient_rel"] = _r(b["coefficient"] / r.base_coefficient)
+                m[L("coefficient_rel")] = _r(b["coefficient"] / r.base_coefficient)
             if b["coherence"] is not None:
-                m["layer/coherence"] = _r(b["coherence"])
+                m[L("coherence")] = _r(b["coherence"])
             for name, d in b["deltas"].items():
-                m.update(delta_metrics(f"layer/{name}", d))
-                m[f"layer/n_{name}"] = d["n"]
-                m[f"layer/lost_{name}"] = d["lost"]
+                m.update(delta_metrics(L(name), d))
+                m[L(f"n_{name}")] = d["n"]
+                m[L(f"lost_{name}")] = d["lost"]
             if res.objective in b["deltas"]:
-                m.update(delta_metrics("layer/objective", b["deltas"][res.objective]))
+                m.update(delta_metrics(L("objective"), b["deltas"][res.objective]))
         st = r.steerability
         if st is not None:
             for k, v in (("steerability", st.steerability), ("steerability_lo", st.interval.low),
                          ("steerability_hi", st.interval.high), ("anti_steerable", st.anti_steerable),
                          ("slope_spread", st.spread)):
                 if math.isfinite(v):
-                    m[f"layer/{k}"] = _r(v)
-            m["layer/n_pairs"], m["layer/n_points"] = st.n_pairs, st.n_points
+                    m[L(k)] = _r(v)
+            m[L("n_pairs")], m[L("n_points")] = st.n_pairs, st.n_points
         run.log_metrics(m, step=lyr)
         points = [{"coef": t["coefficient"], "value": t["value"], "coherence": t["coherence"]}
                   for t in r.trials if t["coefficient"] is not None]
@@ -283,16 +285,16 @@ def log_layers(run: JobRun, res: SteerResult) -> None:
     best = res.best_layer
     if best is not None:
         b = res.per_layer[best].best
-        m = {"best/layer": best, "best/coefficient": _r(b["coefficient"])}
+        m = {B("layer"): best, B("coefficient"): _r(b["coefficient"])}
         if b["coherence"] is not None:
-            m["best/coherence"] = _r(b["coherence"])
+            m[B("coherence")] = _r(b["coherence"])
         for name, d in b["deltas"].items():
-            m.update(delta_metrics(f"best/{name}", d))
+            m.update(delta_metrics(B(name), d))
         if res.objective in b["deltas"]:
-            m.update(delta_metrics("best/objective", b["deltas"][res.objective]))
+            m.update(delta_metrics(B("objective"), b["deltas"][res.objective]))
         st = res.per_layer[best].steerability
         if st is not None and math.isfinite(st.steerability):
-            m["best/steerability"] = _r(st.steerability)
+            m[B("steerability")] = _r(st.steerability)
         run.log_metrics(m)
         run.set_tag("best_layer", best)
         run.set_tag("best_coefficient", f"{b['coefficient']:.6g}")

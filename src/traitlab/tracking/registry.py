@@ -20,13 +20,21 @@ import torch
 from traitlab.errors import DataError
 from traitlab.paths import cache_dir
 from traitlab.tracking.artifacts import load_vector, vector_path
+from traitlab.tracking.names import LAYER, layer_metric
 from traitlab.tracking.store import RetryingClient, ensure_store
 
 log = logging.getLogger(__name__)
 
 
+# Per-layer extraction metrics a VectorRef carries, logged as `layer/<name>` (step = layer) by stage 1.
+LAYER_METRICS = ("val_accuracy", "val_effect_size", "ood_effect_size", "cv_accuracy", "cv_effect_size", "baseline")
+
+
 @dataclass
 class VectorRef:
+    """One extracted vector. `metrics` holds the LAYER_METRICS defined at its layer, by their bare names
+    (val_effect_size, ...); an undefined (NaN) statistic is absent, so `name in ref.metrics` means usable."""
+
     run_id: str
     trait: str
     model: str
@@ -56,6 +64,14 @@ def _layer_metrics(client: RetryingClient, run_id: str, names: list[str]) -> dic
     return out
 
 
+def _extraction_metrics(client: RetryingClient, run_id: str) -> dict[int, dict[str, float]]:
+    """LAYER_METRICS per layer, bare names, NaN left out; runs logged before the `layer/` names are read as such."""
+    per = _layer_metrics(client, run_id, [layer_metric(n) for n in LAYER_METRICS])
+    if not per:
+        per = _layer_metrics(client, run_id, list(LAYER_METRICS))
+    return {lyr: {k.removeprefix(LAYER): v for k, v in m.items() if math.isfinite(v)} for lyr, m in per.items()}
+
+
 def find_vectors(
     trait: str,
     model: str,
@@ -80,8 +96,7 @@ def find_vectors(
     seen: set[tuple[str, str, str, int]] = set()
     for r in runs:
         tags = r.data.tags
-        per_layer = _layer_metrics(client, r.info.run_id, ["val_accuracy", "val_effect_size", "ood_effect_size",
-                                                             "baseline"])
+        per_layer = _extraction_metrics(client, r.info.run_id)
         for lyr in sorted(int(x) for x in tags.get("layers", "").split(",") if x != ""):
             if layer is not None and lyr != layer:
                 continue
@@ -148,14 +163,14 @@ def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
     filt = (f"tags.`traitlab.stage` = 'steer' and tags.trait = '{_q(trait)}' and tags.model = '{_q(model)}' "
             "and attributes.status = 'FINISHED'")
     rows = []
-    names = ["layer/objective_delta", "layer/objective_delta_lo", "layer/objective_delta_hi", "layer/coherence",
-             "layer/coefficient"]
+    delta, lo, hi, coh, coef = (layer_metric(n) for n in ("objective_delta", "objective_delta_lo",
+                                                          "objective_delta_hi", "coherence", "coefficient"))
     for r in client.search_runs([exp_id], filter_string=filt, order_by=["attributes.start_time DESC"],
                                 max_results=500):
         tags = r.data.tags
         vector_runs = _vector_runs(tags.get("traitlab.vector_runs", ""))
-        for lyr, m in _layer_metrics(client, r.info.run_id, names).items():
-            if "layer/objective_delta" not in m:
+        for lyr, m in _layer_metrics(client, r.info.run_id, [delta, lo, hi, coh, coef]).items():
+            if delta not in m:
                 continue
             rows.append({"run_id": r.info.run_id, "vector_run_id": vector_runs.get(lyr, ""),
                          "method": tags.get("method", ""), "component": tags.get("component", ""),
@@ -163,10 +178,8 @@ def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
                          "objective": tags.get("traitlab.objective", ""),
                          "comparison": tags.get("traitlab.comparison", ""),
                          "threshold": tags.get("traitlab.threshold", ""),
-                         "delta": m["layer/objective_delta"], "low": m.get("layer/objective_delta_lo", float("nan")),
-                         "high": m.get("layer/objective_delta_hi", float("nan")),
-                         "coherence": m.get("layer/coherence", float("nan")),
-                         "coefficient": m.get("layer/coefficient", float("nan"))})
+                         "delta": m[delta], "low": m.get(lo, float("nan")), "high": m.get(hi, float("nan")),
+                         "coherence": m.get(coh, float("nan")), "coefficient": m.get(coef, float("nan"))})
     return rows
 
 

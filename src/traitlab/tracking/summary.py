@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
+from traitlab.tracking.names import layer_metric
 from traitlab.tracking.store import RetryingClient
 
 log = logging.getLogger(__name__)
 
-HEATMAP_METRICS = ("val_accuracy", "val_effect_size", "ood_effect_size")
+# Per-layer extraction metrics (logged as `layer/<name>`, step = layer) shown as layer x method heatmaps.
+HEATMAP_METRICS = ("val_accuracy", "val_effect_size", "ood_effect_size", "cv_accuracy", "cv_effect_size")
 
 
 def summarize_sweep(client: RetryingClient, experiment_id: str, parent_run_id: str) -> None:
@@ -27,7 +29,7 @@ def summarize_sweep(client: RetryingClient, experiment_id: str, parent_run_id: s
         if tags.get("traitlab.stage") != "extract":
             continue
         for metric in HEATMAP_METRICS:
-            for m in client.get_metric_history(child.info.run_id, metric):
+            for m in client.get_metric_history(child.info.run_id, layer_metric(metric)):
                 key = (tags.get("trait", "?"), tags.get("component", "?"), tags.get("position", "?"), metric)
                 groups[key][(tags.get("method", "?"), int(m.step))] = float(m.value)
     client.set_tag(parent_run_id, "traitlab.children", str(len(children)))
