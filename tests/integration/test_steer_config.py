@@ -37,6 +37,8 @@ def test_defaults_compose_into_the_typed_config():
     assert steer_prepare.coherence_threshold(compose_steer("judge=hf_local")) == 77.0
     assert steer_prepare.coherence_threshold(compose_steer("judge=hf_local", "judge.perplexity_combine=perplexity")) \
         == 90.0
+    both = compose_steer("judge=hf_local_perplexity").judge
+    assert (both.backend, both.perplexity_combine) == ("hf_local", "perplexity")
     assert steer_prepare.coherence_threshold(compose_steer("steering.threshold=50")) == 50.0
     assert compose_steer("judge=openai").judge.model == "gpt-4.1-mini"
     assert compose_steer("judge=hf_local", "steering.objective=judge").steering.objective == "judge"
@@ -154,3 +156,6 @@ def test_summary_table_shows_steering_beside_asking():
     assert ("| 10 | 44.4 (0.30) | 91.5 | +0.42 [0.31, 0.55] (n=12) | +0.1 [0.1, 0.1] (n=2) | "
             "+0.25 [0.05, 0.45] (n=3) | - | - | 1 / 2 |") in table
     assert res.best_layer == 10 and "interval excludes zero" in res.verdict()
+    # a re-scored run has no activation norms: the coefficient is shown without its ratio to base
+    lr.base_coefficient = float("nan")
+    assert "| 10 | 44.4 | 91.5 |" in res.summary_table()

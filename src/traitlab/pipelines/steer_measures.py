@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from traitlab.config.schema import GenerationConfig
 from traitlab.core.stats import Interval, bootstrap_mean
 from traitlab.data import Example, TraitDataset
@@ -228,6 +226,3 @@ def deltas(sample: Sample, base: Sample, names: Sequence[str], scorer_name: str 
     return {n: paired_delta(sample.items(n, scorer_name), base.items(n, scorer_name), direction, seed=seed,
                             n_boot=n_boot) for n in names}
 
-
-def margins_tensor(rows: Sequence[Sequence[float]]) -> torch.Tensor:
-    return torch.tensor([list(r) for r in rows], dtype=torch.float64)

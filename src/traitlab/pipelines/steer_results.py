@@ -119,7 +119,8 @@ class SteerResult:
             coef = b.get("coefficient")
             rel = coef / r.base_coefficient if coef is not None and r.base_coefficient > 0 else None
             st = r.steerability
-            cells = [str(lyr), "-" if coef is None else f"{coef:.1f} ({rel:.2f})", _fmt(b.get("coherence")),
+            shown = "-" if coef is None else f"{coef:.1f}" + ("" if rel is None else f" ({rel:.2f})")
+            cells = [str(lyr), shown, _fmt(b.get("coherence")),
                      _ci(d.get(self.objective)), _ci(prompted.as_dict() if prompted else None)]
             cells += [_ci(d.get(m)) for m in others]
             cells += ["-" if st is None else f"{_num(st.steerability)} [{_num(st.interval.low)}, "
@@ -360,8 +361,9 @@ def cannot_succeed(res: SteerResult, backend: str) -> str | None:
     if coh is None or coh < t:
         have = "no coherence score" if coh is None else f"coherence {coh:.1f}"
         fix = "lower steering.threshold" if backend == "perplexity" else (
-            "use judge=perplexity (judge-free coherence) or judge.perplexity_combine=perplexity (keeps the "
-            "judge's trait score, takes coherence from perplexity), or lower steering.threshold")
+            "use judge=perplexity (judge-free coherence) or judge=hf_local_perplexity / "
+            "judge.perplexity_combine=perplexity (keeps the judge's trait score, takes coherence from perplexity), "
+            "or lower steering.threshold")
         return (f"the unsteered answers already have {have} < steering.threshold={t:g} (judge={backend}), so no "
                 f"steered answer can pass the constraint; {fix}")
     if not any(math.isfinite(v) for v in base.items(res.objective, res.scorer_name)):
