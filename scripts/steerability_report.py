@@ -67,7 +67,7 @@ def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_q
     if ex.skipped:  # finished before: re-run in memory is not needed, the registry has the vectors
         from traitlab.tracking.registry import fetch_vector, find_vectors
 
-        refs = find_vectors(trait_name, lm.name, method="mean_diff", experiment=experiment)
+        refs = find_vectors(trait_name, lm, method="mean_diff", experiment=experiment)
         by_layer = {r.layer: r for r in refs}
         best = int(max(by_layer, key=lambda lyr: by_layer[lyr].metrics.get("val_effect_size", -math.inf)))
         vector = fetch_vector(by_layer[best], experiment=experiment)

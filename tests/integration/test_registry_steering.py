@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+from traitlab.models.identity import registry_key
 from traitlab.tracking.registry import best_vector, steering_results
 from traitlab.tracking.store import ensure_store
 
 TRAIT, MODEL = "starter/optimism", "smollm2_135m"
-KIND = {"trait": TRAIT, "model": MODEL, "method": "mean_diff", "component": "residual", "position": "response[:]"}
+KIND = {"trait": TRAIT, "model": registry_key(MODEL), "method": "mean_diff", "component": "residual", "position": "response[:]"}
 
 
 def _run(client, exp_id, start: int, tags: dict, per_layer: dict[int, dict[str, float]]) -> str:

@@ -19,7 +19,7 @@ import torch
 from traitlab.core.hooks import PerSampleSteering
 from traitlab.models.batching import run_halving
 from traitlab.models.chat import format_prompt
-from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, pad_left
+from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, padded_inputs
 from traitlab.models.loading import LoadedModel
 
 # (layer, vector, coefficient) terms added to one row; None or [] = unsteered.
@@ -39,10 +39,7 @@ class ResponsePair:
 @torch.inference_mode()
 def _forward_logits(lm: LoadedModel, batch: Sequence[Encoded], keep: int) -> torch.Tensor:
     """Float32 logits of the last `keep` positions of a left-padded batch: the one forward of this module."""
-    ids, mask = pad_left(batch, pad_id_of(lm.tokenizer), lm.device)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
-    out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                   logits_to_keep=keep)
+    out = lm.model(**padded_inputs(batch, pad_id_of(lm.tokenizer), lm.device), use_cache=False, logits_to_keep=keep)
     return out.logits.float()
 
 

@@ -9,7 +9,7 @@ import torch
 
 from traitlab.config.schema import GenerationConfig
 from traitlab.core.hooks import MultiLayerCapture, PerSampleSteering
-from traitlab.models.encoding import encode, length_sorted_batches, pad_id_of, pad_left
+from traitlab.models.encoding import encode, length_sorted_batches, pad_id_of, padded_inputs
 from traitlab.models.generation import HookFactory, generate_texts
 from traitlab.models.loading import LoadedModel
 
@@ -53,12 +53,11 @@ def activation_norms(lm: LoadedModel, prompt_texts: Sequence[str], layers: Seque
     enc = [encode(lm.tokenizer, t) for t in prompt_texts]
     norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for rows in length_sorted_batches([e.seq_len for e in enc], 16):
-        ids, mask = pad_left([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs = padded_inputs([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
         cap = MultiLayerCapture(lm.model, layers, component=component, pool="none", stop_after_last=True)
         with cap:
-            lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        real = mask.bool().cpu()
+            lm.model(**inputs, use_cache=False)
+        real = inputs["attention_mask"].bool().cpu()
         for layer in layers:
             norms[layer].append(cap.get(layer).cpu().norm(dim=-1)[real])
     return {layer: float(torch.cat(v).median()) for layer, v in norms.items()}

@@ -30,6 +30,7 @@ from traitlab.core.components import component_dim
 from traitlab.data import TraitDataset
 from traitlab.io import content_hash
 from traitlab.models.chat import format_prompt
+from traitlab.models.identity import identity_of, model_tags
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.models.steering import activation_norms
 from traitlab.paths import outputs_dir
@@ -62,7 +63,7 @@ __all__ = ["run_steer", "validate_inputs"]
 
 def study_storage_path(cfg: SteerConfig, trait: TraitDataset) -> Path:
     root = Path(cfg.steering.study.storage_dir) if cfg.steering.study.storage_dir else outputs_dir() / "studies"
-    return root / slug(cfg.model.name) / f"{trait.qualified_name}.db"
+    return root / slug(identity_of(cfg.model).key) / f"{trait.qualified_name}.db"
 
 
 def search_settings(cfg: SteerConfig, prep: Prepared, lm_key: str) -> dict[str, Any]:
@@ -208,10 +209,10 @@ def comparison_key(cfg: SteerConfig, prep: Prepared) -> str:
                         prep.questions, pairs, cfg.steering.propensity.max_response_tokens)[:16]
 
 
-def _tags(cfg: SteerConfig, prep: Prepared, model: str, refs: dict[int, VectorRef]) -> dict[str, Any]:
+def _tags(cfg: SteerConfig, prep: Prepared, model: dict[str, str], refs: dict[int, VectorRef]) -> dict[str, Any]:
     run_ids = sorted({r.run_id for r in refs.values()})
     return {"traitlab.stage": "steer", "traitlab.steer_mode": cfg.mode, "trait": prep.trait.qualified_name,
-            "model": model, "method": cfg.method.name, "component": cfg.component.name,
+            **model, "method": cfg.method.name, "component": cfg.component.name,
             "position": cfg.position.spec, "traitlab.vector_run_id": ",".join(run_ids),
             "traitlab.vector_runs": ",".join(f"{lyr}:{r.run_id}" for lyr, r in sorted(refs.items())),
             "layers": ",".join(map(str, sorted(refs))), "judge": prep.judge_cfg["backend"],
@@ -259,7 +260,7 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
     run_name = cfg.tracking.run_name or f"steer-{cfg.mode}-{prep.trait.name}-{cfg.method.name}"
     res = _result(cfg, prep, cfg.mode, sorted(refs))
     with job_run(experiment=cfg.tracking.experiment, job_key=key, run_name=run_name, config=asdict(cfg),
-                 tags=_tags(cfg, prep, lm.name, refs), parent_run_id=parent_run_id, force=cfg.force,
+                 tags=_tags(cfg, prep, model_tags(cfg.model), refs), parent_run_id=parent_run_id, force=cfg.force,
                  uri=cfg.tracking.uri) as run:
         res.run_id = run.run_id
         if run.skipped:
@@ -303,8 +304,9 @@ def _run_rescore(cfg: SteerConfig, prep: Prepared, parent_run_id: str | None, ju
     tags = dict(source.data.tags)
     judge = judge or build_judge(prep.judge_cfg, None)
     key = content_hash("steer-rescore-v2", source.info.run_id, prep.judge_id, prep.threshold, prep.direction)
-    run_tags = {k: tags[k] for k in ("trait", "model", "method", "component", "position", "traitlab.vector_run_id",
-                                     "traitlab.vector_runs", "layers", "sampler", "direction") if k in tags}
+    run_tags = {k: tags[k] for k in ("trait", "model", "model_name", "vectors_model", "method", "component",
+                                     "position", "traitlab.vector_run_id", "traitlab.vector_runs", "layers",
+                                     "sampler", "direction") if k in tags}
     run_tags.update({"traitlab.stage": "steer", "traitlab.steer_mode": "rescore", "judge": prep.judge_cfg["backend"],
                      "traitlab.rescored_from": source.info.run_id, "traitlab.objective": TRAIT,
                      "traitlab.comparison": content_hash("steer-comparison-v1", TRAIT, prep.judge_id,

@@ -86,6 +86,7 @@ def ablation_metrics(plain: Sample, prompted: Sample, base: dict[str, Sample]) -
 
 
 def find_source_run(cfg: Any, trait: str) -> Any:
+    from traitlab.models.identity import identity_of
     from traitlab.tracking.store import ensure_store
 
     client, exp_id = ensure_store(cfg.tracking.uri, cfg.tracking.experiment)
@@ -102,14 +103,14 @@ def find_source_run(cfg: Any, trait: str) -> Any:
     def quoted(v: str) -> str:
         return "'" + v.replace("'", "\\'") + "'"
 
-    q = ["tags.`traitlab.stage` = 'steer'", f"tags.trait = {quoted(trait)}", f"tags.model = {quoted(cfg.model.name)}",
+    q = ["tags.`traitlab.stage` = 'steer'", f"tags.trait = {quoted(trait)}", f"tags.model = {quoted(identity_of(cfg.model).key)}",
          f"tags.method = {quoted(cfg.method.name)}", f"tags.component = {quoted(cfg.component.name)}",
          f"tags.position = {quoted(cfg.position.spec)}", "attributes.status = 'FINISHED'"]
     runs = client.search_runs([exp_id], filter_string=" and ".join(q), order_by=["attributes.start_time DESC"],
                               max_results=50)
     runs = [r for r in runs if r.data.tags.get("traitlab.steer_mode") in ("search", "rescore")]
     if not runs:
-        raise ConfigError("mode", f"rescore found no finished steer run of {trait} on {cfg.model.name} "
+        raise ConfigError("mode", f"rescore found no finished steer run of {trait} on {identity_of(cfg.model)} "
                                   f"(method={cfg.method.name}, component={cfg.component.name}, position="
                                   f"{cfg.position.spec!r}) in experiment '{cfg.tracking.experiment}'; run "
                                   "mode=search first or set rescore_from=<run id>")

@@ -17,6 +17,7 @@ from traitlab.data import Example, TraitDataset, load_trait, resolve_trait_dir
 from traitlab.errors import ConfigError, DataError
 from traitlab.io import content_hash
 from traitlab.judge.text_scorers import TextScorer, make_text_scorer
+from traitlab.models.identity import VARIANT_HINT, identity_of, vectors_key
 from traitlab.models.loading import LoadedModel
 from traitlab.pipelines import coef_search as cs
 from traitlab.pipelines.steer_measures import (
@@ -173,13 +174,14 @@ def judge_identity(jcfg: dict[str, Any], trait: TraitDataset) -> str:
 
 
 def _missing_vectors_error(cfg: SteerConfig, trait: str, what: str) -> ConfigError:
-    have = find_vectors(trait, cfg.model.name, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
+    have = find_vectors(trait, cfg.model, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
     kinds = sorted({(r.method, r.component, r.position) for r in have})
     avail = "; ".join(f"method={m} component={c} position={p!r}" for m, c, p in kinds) or "none"
     return ConfigError("method/component/position",
-                       f"no extracted vectors {what} for trait {trait} on model {cfg.model.name} in experiment "
-                       f"'{cfg.tracking.experiment}' (available: {avail}); run launchers/extract.py "
-                       f"trait={trait} method={cfg.method.name} first, or pick an available one")
+                       f"no extracted vectors {what} for trait {trait} on model {vectors_key(cfg.model)} in "
+                       f"experiment '{cfg.tracking.experiment}' (available: {avail}); run launchers/extract.py "
+                       f"trait={trait} method={cfg.method.name} first, or pick an available one"
+                       f"{VARIANT_HINT if not have else ''}")
 
 
 def _split_settings(cfg: SteerConfig, refs: list[VectorRef]) -> dict[str, Any]:
@@ -212,7 +214,8 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
     scorer = make_text_scorer(cfg.steering.scorer) if cfg.steering.scorer else None
     objective = objective_measure(cfg.steering.objective, scorer)
     judge = make_judge(jcfg)  # checks keys, prompt files and templates
-    judge.validate()          # key present, server reachable
+    if cfg.mode != "rescore":  # re-scoring reads the judge cache: the judge's server need not be up
+        judge.validate()      # key present, server reachable
     check = getattr(judge, "check_trait_prompt", None) or getattr(getattr(judge, "judge", None),
                                                                   "check_trait_prompt", None)
     if check is not None:
@@ -220,7 +223,7 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
     prep = Prepared(trait, questions, spec.direction, _prompted_system(cfg, trait, spec.direction), jcfg,
                     judge_identity(jcfg, trait), objective, coherence_threshold(cfg), scorer)
     if cfg.mode in ("search", "ablation"):
-        prep.refs = find_vectors(trait.qualified_name, cfg.model.name, method=cfg.method.name,
+        prep.refs = find_vectors(trait.qualified_name, cfg.model, method=cfg.method.name,
                                  component=cfg.component.name, position=cfg.position.spec,
                                  experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
         if not prep.refs:
@@ -244,7 +247,7 @@ def resolve_layers(cfg: SteerConfig, prep: Prepared, n_layers: int) -> dict[int,
     by_layer = {r.layer: r for r in prep.refs}
     best = None
     if "best" in str(cfg.layers):
-        ref = best_vector(prep.trait.qualified_name, cfg.model.name, experiment=cfg.tracking.experiment,
+        ref = best_vector(prep.trait.qualified_name, cfg.model, experiment=cfg.tracking.experiment,
                           uri=cfg.tracking.uri, method=cfg.method.name, component=cfg.component.name,
                           position=cfg.position.spec)
         best = ref.layer if ref else None
@@ -279,9 +282,9 @@ def build_judge(jcfg: dict[str, Any], lm: LoadedModel | None) -> Any:
 
     backend, name = jcfg["backend"], jcfg.get("model")
     if backend == "perplexity":   # null model: the steered model judges its own steered answers, unsteered
-        same = lm is not None and name in (None, lm.name)
+        same = lm is not None and (name is None or identity_of(name).key == lm.identity.key)
     elif backend == "hf_local":
-        same = lm is not None and (name or "smollm2_135m") == lm.name
+        same = lm is not None and identity_of(name or "smollm2_135m").key == lm.identity.key
     else:                         # only a perplexity coherence combined with a remote judge runs in process
         same = lm is not None
     return make_judge(jcfg, model=lm if same else None)
