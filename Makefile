@@ -40,8 +40,9 @@ demo: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run_all
 
+# Prints each experiment's run-table URL (MLflow 3.17 opens its GenAI page otherwise), then serves the UI.
 ui: setup
-	@echo "MLflow UI on http://$(HOST):$(PORT) (store: mlruns/mlflow.db)"
+	@$(BIN)/python -m traitlab.tracking.dashboard --uri sqlite:///$(CURDIR)/mlruns/mlflow.db --base http://$(HOST):$(PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
 # MLflow tracking server on PostgreSQL (scripts/tracking_server.sh documents HOST, PORT, BACKEND_URI, ...)

@@ -22,14 +22,18 @@ echo "== 3/3 infer: per-token trait scores on the smoke prompt set, best steerin
 $PY launchers/infer.py prompt_set=smoke traits="[$TRAIT]" layers=best inference.generation.max_new_tokens=32 \
     tracking.experiment="$EXP" | tee outputs/demo_infer.log
 
+$PY -m traitlab.tracking.dashboard --base "http://127.0.0.1:${PORT:-5000}" | grep -A1 " $EXP: " || true
 cat <<MSG
 
-Done. Open the dashboard:   make ui      (then http://127.0.0.1:5000, experiment "$EXP")
-  - "extract-sweep-*" parent run: figures/ = layer x method heatmaps; its child runs hold per-layer metrics
-    (Model metrics tab, x axis = step = layer), vectors/ (safetensors + JSON per layer), config/resolved.yaml.
+Done. Serve the dashboard with   make ui   and open the "$EXP" URL above (the classic run table; MLflow's
+own start page is its GenAI view). Each row's Description is its verdict; the Views menu also ranks every
+run on best/cv_effect_size.
+  - the "extract-sweep ..." row: the winning method and layer against the runner-up with their intervals;
+    best/<method>/... per child; figures/ = accuracy and effect size by layer with the methods overlaid,
+    cosine between the methods' vectors; tables/children.json. Expand it for one row per method
+    (figures/: accuracy and effect size by layer with bands, projections at the best layer; vectors/).
   - the steer run: tables/responses.json (every steered response with coefficient, layer, scores),
-    figures/ (trait score and coherence vs coefficient per layer, threshold line, baselines), metrics
-    best_delta / best_coefficient per layer (step = layer).
+    figures/ (trait score and coherence vs coefficient per layer, threshold line, baselines).
   - the infer run: views/index.html and views/prompts/<id>.html = per-token heatmap of the trait
     (hover a token for its score), figures/ trajectories and trait x token heatmaps, projections/*.json.
 MSG
