@@ -5,6 +5,9 @@ enough to check pages rendered inside MLflow's sandboxed iframe without a WebDri
 `scripts/install_browser.sh`; set TRAITLAB_CHROMIUM to use another binary.
 
     from browser import dump_dom, require_chromium, serve_directory
+
+`mlflow_server` runs a real `mlflow server` on 127.0.0.1 for a store; `grid_rows` reads MLflow's run table
+(ag-grid) out of a dumped DOM.
 """
 
 from __future__ import annotations
@@ -13,9 +16,14 @@ import functools
 import http.server
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -179,3 +187,92 @@ def parse_dom(html_text: str, container_id: str = "tokens") -> PageDom:
     parser.feed(html_text)
     parser.close()
     return parser.dom
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, workdir: Path, artifacts: Path | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (free port) over `backend_uri`; yields its base URL.
+
+    `artifacts`: where the server stores artifacts logged through it (proxied); runs logged straight into
+    the store keep their own file locations, which the server reads.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", str(artifacts)]
+    log_path = workdir / "mlflow_server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("mlflow server did not start: " + log_path.read_text()[-2000:]) from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server runs uvicorn in children: stop the whole group
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+class _GridParser(HTMLParser):
+    """Collects ag-grid cells: rows are `div[role=row][row-id]` (pinned and centre parts share the id),
+    cells `div[role=gridcell][col-id]`."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: dict[str, dict[str, str]] = {}
+        self._stack: list[tuple[str | None, str | None]] = []  # (row-id opened here, col-id opened here)
+        self._row: str | None = None
+        self._col: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("br", "img", "input", "meta", "link", "hr", "path", "circle", "rect"):
+            return
+        a = dict(attrs)
+        row = a.get("row-id") if a.get("role") == "row" else None
+        col = a.get("col-id") if a.get("role") == "gridcell" and self._row else None
+        if row:
+            self._row = row
+            self.rows.setdefault(row, {})
+        if col:
+            self._col = col
+            self.rows[self._row][col] = ""
+        self._stack.append((row, col))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("br", "img", "input", "meta", "link", "hr", "path", "circle", "rect") or not self._stack:
+            return
+        row, col = self._stack.pop()
+        if col:
+            self._col = None
+        if row:
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._row and self._col:
+            self.rows[self._row][self._col] += data
+
+
+def grid_rows(html_text: str) -> dict[str, dict[str, str]]:
+    """{run id: {column id: cell text}} of MLflow's run table in a dumped DOM; column ids look like
+    metrics.`best/layer`, tags.`method`, attributes.`Description`."""
+    parser = _GridParser()
+    parser.feed(html_text)
+    parser.close()
+    return parser.rows
