@@ -21,8 +21,8 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -152,8 +152,7 @@ def llama_server(llama_server_process: LlamaServer) -> Iterator[str]:
     yield llama_server_process.base_url
 
 
-@dataclass
-class ExtractSweep:
+class ExtractSweep(NamedTuple):  # not a dataclass: tests/reliability loads this file outside sys.modules
     """A real store holding one extraction sweep: a parent run over mean_diff and probe on SmolLM2."""
 
     uri: str
