@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -55,3 +56,92 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("TRAITLAB_OUTPUTS", str(tmp_path / "outputs"))
     return uri
+
+
+
+class ServerProcess:
+    """A server subprocess in its own session on 127.0.0.1: bounded start, always terminated (its group)."""
+
+    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str], base_url: str):
+        import subprocess
+
+        self.log_path, self.base_url = log_path, base_url
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, start_new_session=True)
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def wait_ready(self, path: str, timeout_s: float) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.base_url + path, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"no answer from {self.base_url}{path} in {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def post(self, path: str, body: dict, timeout_s: float = 300.0) -> dict:
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return json.loads(r.read())
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers only
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout_s)
+
+
+class Servers:
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.started: list[ServerProcess] = []
+
+    @staticmethod
+    def free_port() -> int:
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def start(self, cmd: list[str], env: dict[str, str], port: int) -> ServerProcess:
+        import atexit
+
+        server = ServerProcess(cmd, self.log_dir / f"server{len(self.started)}.log", env, f"http://127.0.0.1:{port}")
+        self.started.append(server)
+        atexit.register(server.stop)  # also if pytest dies before teardown
+        return server
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """`servers.start(cmd, env, port)` runs a server subprocess; every one is terminated at teardown."""
+    s = Servers(tmp_path)
+    try:
+        yield s
+    finally:
+        for server in s.started:
+            server.stop()

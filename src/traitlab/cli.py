@@ -129,9 +129,6 @@ def conf_path() -> str:
     return str(Path(conf_dir()).resolve())
 
 
-STAGES = ("extract", "steer", "infer", "analyze")
-
-
 def reject_unknown_keys(cfg: Any, prefix: str = "") -> None:
     """Fail on keys a structured config does not declare. `+extraction.valsplit=0.3` force-adds a key Hydra
     would otherwise reject, and OmegaConf.to_object then drops it without a word: a typo must not be a no-op."""
@@ -190,3 +187,54 @@ def infer() -> None:
 
 def analyze() -> None:
     launch("analyze")
+
+
+def generate() -> None:
+    launch("generate")
+
+
+def chat() -> None:
+    launch("chat")
+
+
+def export() -> None:
+    launch("export")
+
+
+def serve() -> None:
+    launch("serve")
+
+
+# `traitlab <subcommand> [overrides...]`: name -> (entry point taking no arguments, one-line help). A new
+# subcommand joins by adding a row; its entry point reads sys.argv[1:] like any console script.
+SUBCOMMANDS: dict[str, tuple[Callable[[], None], str]] = {
+    "extract": (extract, "stage 1: extract trait vectors (Hydra overrides: trait=... method=... layers=...)"),
+    "steer": (steer, "stage 2: validate vectors by steering, Optuna coefficient search"),
+    "infer": (infer, "stage 3: per-token trait scores and views"),
+    "analyze": (analyze, "analyses: geometry, logit lens, correlation, dynamics, top spans, model diff"),
+    "generate": (generate, "stage 4: generate with vectors applied, traits monitored per token, side by side"),
+    "chat": (chat, "chat with the steered model in this terminal; tokens coloured by a monitored trait"),
+    "export": (export, "write vectors as a llama.cpp control-vector GGUF"),
+    "serve": (serve, "register a steering configuration as an MLflow model for `mlflow models serve`"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `traitlab` command: dispatch to a subcommand with the remaining arguments."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        width = max(map(len, SUBCOMMANDS))
+        rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items())
+        print(f"usage: traitlab <subcommand> [overrides...]\n\nsubcommands:\n{rows}\n\n"
+              "`traitlab <subcommand> --help` shows a subcommand's options.")
+        sys.exit(0 if args else 2)
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {name!r}; expected one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"traitlab {name}", *rest]
+    SUBCOMMANDS[name][0]()
+
+
+if __name__ == "__main__":
+    main()

@@ -149,6 +149,24 @@ def wrong_dim_vector(d: Path) -> Path:
     return p
 
 
+def good_vector(d: Path) -> Path:
+    from traitlab.tracking.artifacts import save_vector
+
+    p = d / "vec" / "layer_010.safetensors"
+    save_vector(p, torch.ones(576), {"layer": 10})
+    return p
+
+
+def layer_zero_file() -> Build:
+    def build(d: Path) -> list[str]:
+        from traitlab.tracking.artifacts import save_vector
+
+        save_vector(d / "layer_000.safetensors", torch.ones(576), {"layer": 0, "component": "residual"})
+        return [f"vector_file={d / 'layer_000.safetensors'}"]
+
+    return build
+
+
 def bad_prompt_set(d: Path) -> Path:
     p = d / "prompts.json"
     p.write_text('{"prompts": [\n  {"id": 1, "prompt": "hi"},\n  {"id": 2, "promt": "typo"}\n]}\n',
@@ -313,6 +331,19 @@ CASES: list[Case] = [
          ("layer_010.safetensors", "truncated or corrupted"), stage="infer", model=True),
     Case("infer_vector_wrong_dim", vector_run(wrong_dim_vector, "layers=10", infer=True),
          ("layer_010.safetensors", "dimension 100", "576"), stage="infer", model=True),
+    # export and serve (`traitlab export|serve`, launchers/export.py|serve.py): none of them loads the model
+    Case("export_no_vectors", args(), ("no vectors of trait", "launchers/extract.py"), stage="export"),
+    Case("export_not_residual", args("component=attn_contribution"), ("config component", "residual stream"),
+         stage="export"),
+    Case("export_layer_zero", layer_zero_file(), ("layer 0", "cannot steer block 0", "layers >= 1"),
+         stage="export"),
+    Case("export_vector_wrong_dim", vector_run(wrong_dim_vector, "layers=10"),
+         ("layer_010.safetensors", "dimension 100", "576"), stage="export"),
+    Case("serve_bad_mode", args("mode=steer"), ("config mode", "'steer'", "add_response"), stage="serve"),
+    Case("serve_cap_without_threshold", vector_run(good_vector, "layers=10", "mode=cap"),
+         ("config cap_threshold", "mode=cap"), stage="serve"),
+    Case("serve_no_steering_result", vector_run(good_vector, "layers=10"),
+         ("config coefficient", "no steering result", "coefficient=<number>"), stage="serve"),
 ]
 
 def available(stage: str) -> bool:

@@ -96,3 +96,32 @@ def test_paired_interval_covers_the_true_difference_95_percent_of_the_time(p_ref
         hits += est.low <= p_treated - p_ref <= est.high
     coverage = hits / draws
     assert 0.925 <= coverage <= 0.975, coverage
+
+
+def test_paired_bootstrap_interval_matches_the_normal_theory_one():
+    import torch
+
+    from traitlab.core.proportions import paired_bootstrap
+
+    g = torch.Generator().manual_seed(0)
+    before = torch.randn(400, generator=g, dtype=torch.float64)
+    diff = 0.3 + 0.5 * torch.randn(400, generator=g, dtype=torch.float64)
+    s = paired_bootstrap(before.tolist(), (before + diff).tolist(), n_boot=4000)
+    half = 1.96 * float(diff.std()) / math.sqrt(400)  # normal interval of a mean, computed by hand
+    assert s.n == 400 and s.mean == pytest.approx(float(diff.mean()), abs=1e-12)
+    assert s.low == pytest.approx(float(diff.mean()) - half, abs=0.01)
+    assert s.high == pytest.approx(float(diff.mean()) + half, abs=0.01)
+    assert s.excludes_zero
+
+
+def test_paired_bootstrap_drops_undefined_pairs_and_says_nan():
+    from traitlab.core.proportions import paired_bootstrap
+
+    s = paired_bootstrap([1.0, float("nan"), 2.0, 4.0], [2.0, 5.0, float("nan"), 4.5])
+    assert s.n == 2 and s.mean == pytest.approx(0.75)
+    assert 0.5 <= s.low <= s.high <= 1.0  # resamples of the differences {1.0, 0.5}
+    one = paired_bootstrap([1.0], [3.0])
+    assert one.n == 1 and one.mean == 2.0 and math.isnan(one.low) and math.isnan(one.high)
+    assert not one.excludes_zero
+    none = paired_bootstrap([float("nan")], [1.0])
+    assert none.n == 0 and math.isnan(none.mean)

@@ -9,6 +9,9 @@ an unpaired interval would be far too wide. Newcombe's hybrid score interval for
 (Newcombe 1998, Stat Med 17:2635, method 10) combines the two Wilson intervals with the correlation of the
 paired outcomes; it is analytic, so intervals along many coefficients cost nothing.
 
+A mean shift measured twice on the same items (a trait score per prompt, unsteered then steered) gets a
+percentile bootstrap over whole pairs (``paired_bootstrap``).
+
 Undefined statistics are NaN (no items), never 0.
 """
 
@@ -17,6 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from traitlab.core.metrics import wilson_interval
 
@@ -92,3 +97,26 @@ def paired_accuracy_difference(treated: Sequence[bool], reference: Sequence[bool
     e, f, g, h = paired_table(treated, reference)
     diff, lo, hi = paired_difference_interval(e, f, g, h)
     return Interval(diff, lo, hi, len(treated))
+
+
+def paired_bootstrap(before: Sequence[float], after: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> Interval:
+    """Mean shift ``after - before`` over pairs (e.g. one prompt unsteered, then steered) with a percentile
+    bootstrap interval that resamples whole pairs.
+
+    Pairs with a non-finite value on either side are dropped and not counted in ``n``. With n = 0 every field
+    is NaN; with n = 1 the mean is defined but the interval is not (NaN).
+    """
+    a, b = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores must be two 1-D arrays of one length, got {a.shape} and {b.shape}")
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"level must be in (0, 1) and n_boot >= 1, got {level}, {n_boot}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = (b - a)[keep]
+    n = int(d.size)
+    if n < 2:
+        return Interval(float(d[0]) if n else math.nan, math.nan, math.nan, n, level)
+    means = d[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return Interval(float(d.mean()), float(low), float(high), n, level)

@@ -44,3 +44,22 @@ def format_prompt(
             prompt = f"{system_prompt}\n\n{prompt}"
     messages.append({"role": "user", "content": prompt})
     return _apply(tokenizer, messages)
+
+
+def format_messages(tokenizer: Any, messages: list[dict[str, str]], use_chat_template: bool = True) -> str:
+    """A whole conversation (``[{"role", "content"}]``, system/user/assistant) up to the next reply.
+
+    A system message the template rejects is folded into the first user turn; without a template the
+    turns are joined as ``Role: text`` lines ending with ``Assistant:``.
+    """
+    if not use_chat_template:
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n\n".join([*lines, "Assistant:"])
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system and not supports_system_role(tokenizer):
+        first_user = next((m for m in rest if m["role"] == "user"), None)
+        if first_user is not None:
+            first_user["content"] = "\n\n".join([*system, first_user["content"]])
+        return _apply(tokenizer, rest)
+    return _apply(tokenizer, ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + rest)
