@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -23,12 +24,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -276,3 +279,122 @@ def grid_rows(html_text: str) -> dict[str, dict[str, str]]:
     parser.feed(html_text)
     parser.close()
     return parser.rows
+
+
+CHROMEDRIVER_NAMES = ("chromedriver", "chromium-driver")
+
+
+def require_chromedriver() -> str:
+    """chromedriver ($TRAITLAB_CHROMEDRIVER or on PATH; scripts/install_browser.sh installs it), else skip."""
+    override = os.environ.get("TRAITLAB_CHROMEDRIVER")
+    path = override if override and Path(override).exists() else None
+    path = path or next((p for p in map(shutil.which, CHROMEDRIVER_NAMES) if p), None)
+    if path is None:
+        pytest.skip("chromedriver is not installed (run scripts/install_browser.sh, or set TRAITLAB_CHROMEDRIVER)")
+    return path
+
+
+class WebDriver:
+    """Just enough of the W3C WebDriver protocol (over chromedriver's HTTP API) to click through a page,
+    including into MLflow's sandboxed artifact iframe, which --dump-dom cannot read. No selenium needed.
+
+        with WebDriver(require_chromedriver(), require_chromium()) as wd:
+            wd.get(url); wd.frame(wd.wait("iframe")); wd.click(wd.wait("button.pick"))
+    """
+
+    ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C web element identifier
+
+    def __init__(self, driver: str, chromium: str, window: tuple[int, int] = (1600, 1000)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self._port = s.getsockname()[1]
+        self._profile = tempfile.TemporaryDirectory(prefix="traitlab-webdriver-")
+        self._proc = subprocess.Popen([driver, f"--port={self._port}"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self._base = f"http://127.0.0.1:{self._port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                if json.loads(urllib.request.urlopen(f"{self._base}/status", timeout=2).read())["value"]["ready"]:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or self._proc.poll() is not None:
+                self._stop_driver()
+                raise RuntimeError("chromedriver did not start")
+            time.sleep(0.2)
+        args = [*CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}", f"--window-size={window[0]},{window[1]}"]
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome",
+                                                 "goog:chromeOptions": {"binary": chromium, "args": args}}}}
+        self._session = f"{self._base}/session/" + self._call("POST", f"{self._base}/session", caps)["sessionId"]
+
+    def _call(self, method: str, url: str, body: dict | None = None) -> Any:
+        data = json.dumps(body if body is not None else {}).encode() if method == "POST" else None
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"webdriver {method} {url.rsplit('/', 2)[-2:]}: {e.read()[:500]!r}") from None
+
+    def _s(self, method: str, path: str, body: dict | None = None) -> Any:
+        return self._call(method, self._session + path, body)
+
+    def get(self, url: str) -> None:
+        self._s("POST", "/url", {"url": url})
+
+    def find_all(self, css: str) -> list[str]:
+        return [e[self.ELEMENT] for e in self._s("POST", "/elements", {"using": "css selector", "value": css})]
+
+    def wait(self, css: str, timeout: float = 60.0, count: int = 1) -> str:
+        """The first element matching `css` once at least `count` exist (polls: the UI renders late)."""
+        deadline = time.time() + timeout
+        while True:
+            found = self.find_all(css)
+            if len(found) >= count:
+                return found[0]
+            if time.time() > deadline:
+                raise TimeoutError(f"no {count} element(s) {css!r} after {timeout}s")
+            time.sleep(0.25)
+
+    def click(self, element: str) -> None:
+        self._s("POST", f"/element/{element}/click")
+
+    def attr(self, element: str, name: str) -> str | None:
+        return self._s("GET", f"/element/{element}/attribute/{name}")
+
+    def text(self, element: str) -> str:
+        return self._s("GET", f"/element/{element}/text")
+
+    def frame(self, element: str | None) -> None:
+        """Switch into an iframe element (None: back to the top document)."""
+        self._s("POST", "/frame", {"id": None if element is None else {self.ELEMENT: element}})
+
+    def execute(self, script: str, *args: Any) -> Any:
+        return self._s("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self._s("GET", "/screenshot")))
+
+    def _stop_driver(self) -> None:
+        os.killpg(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=10)
+        self._profile.cleanup()
+
+    def quit(self) -> None:
+        try:
+            self._call("DELETE", self._session)
+        finally:
+            self._stop_driver()
+
+    def __enter__(self) -> WebDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.quit()

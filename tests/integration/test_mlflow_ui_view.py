@@ -103,9 +103,11 @@ def test_view_served_by_mlflow_renders_scored_tokens(mlflow_server, tmp_path, mo
         assert float(span.attrs["data-score"]) == pytest.approx(want)
     assert not dom.tags("b")  # no element was created from model text
 
-    # the index page comes through the same endpoint and links the prompt page
+    # the index comes through the same endpoint and holds the prompt itself: MLflow's sandboxed frame cannot
+    # follow a link to another artifact (tests/integration/test_mlflow_inference_index.py clicks through it)
     index_url = f"{mlflow_server}/get-artifact?" + urllib.parse.urlencode(
         {"path": "views/index.html", "run_uuid": run.run_id}
     )
     with urllib.request.urlopen(index_url, timeout=30) as resp:
-        assert 'href="prompts/p_1.html"' in resp.read().decode()
+        index = resp.read().decode()
+    assert "href=" not in index and " Hello &lt;b&gt;there&lt;/b&gt;!" in index
