@@ -46,6 +46,7 @@ VIEW_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("metrics", "n_val_pos", 90),
     ("metrics", "n_ood_pos", 90),
     ("tags", "component", 100),
+    ("tags", "model_name", 130),
     ("attributes", "Dataset", 200),
 )
 # Saved views: {id: (name, sort)}. The first lists runs by time, each sweep's children folded under its parent
