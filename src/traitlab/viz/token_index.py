@@ -31,7 +31,16 @@ from __future__ import annotations
 from typing import Any
 
 from traitlab.errors import DataError
-from traitlab.viz.token_view import _csp, _esc, _fmt_score, _plain, _script_json, token_colour
+from traitlab.viz.token_view import (
+    COLOUR_JS,
+    _csp,
+    _esc,
+    _fmt_score,
+    _plain,
+    _script_json,
+    page_head,
+    token_colour,
+)
 
 __all__ = ["render_run_index"]
 
@@ -70,22 +79,11 @@ _SCRIPT = r"""
 (function () {
   "use strict";
   var D = JSON.parse(document.getElementById("data").textContent);
-  var NEG = [33, 102, 172], MID = [247, 247, 247], POS = [178, 24, 43], DARK = 0.55;
+%COLOUR_JS%
   var labelSel = document.getElementById("label");
   var box = document.getElementById("tokens");
   var state = {label: 0, prompt: 0, hl: null};
 
-  function colour(s, scale) {
-    if (s === null || s === undefined) { return ["transparent", "inherit"]; }
-    var t = scale > 0 ? Math.max(-1, Math.min(1, s / scale)) : 0;
-    var end = t >= 0 ? POS : NEG, a = Math.abs(t), c = [];
-    for (var k = 0; k < 3; k++) { c.push(Math.round(MID[k] + a * (end[k] - MID[k]))); }
-    return ["rgb(" + c.join(", ") + ")", a > DARK ? "#fff" : "#111"];
-  }
-  function fmt(s) {
-    if (s === null || s === undefined) { return "n/a"; }
-    return (s >= 0 ? "+" : "") + s.toFixed(4);
-  }
   function el(tag, text, cls) {
     var e = document.createElement(tag);
     if (text !== undefined && text !== null) { e.textContent = text; }
@@ -185,6 +183,7 @@ _SCRIPT = r"""
 })();
 """
 
+_SCRIPT = _SCRIPT.replace("%COLOUR_JS%", COLOUR_JS)
 _CSP = _csp(_SCRIPT)
 
 
@@ -255,15 +254,7 @@ def render_run_index(data: dict[str, Any]) -> str:
         for tid, title in (("top-spans", "Highest spans"), ("bottom-spans", "Lowest spans"),
                            ("top-tokens", "Highest tokens"), ("bottom-tokens", "Lowest tokens")))
     label_opts = "".join(f'<option value="{i}">{_esc(lab["key"])}</option>' for i, lab in enumerate(d["labels"]))
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(d["title"])}</title>
-<style>{_STYLE}</style>
-</head>
+    return f"""{page_head(d["title"], _CSP, _STYLE)}
 <body>
 <h1>{_esc(d["title"])}</h1>
 <div class="meta">model: {_esc(str(d.get("model", "")))} · {len(d["prompts"])} prompts · score mode

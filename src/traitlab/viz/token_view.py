@@ -201,6 +201,19 @@ def _csp(script: str) -> str:
     )
 
 
+def page_head(title: str, csp: str, style: str) -> str:
+    """The start of a self-contained page up to </head>: its CSP, its title (escaped) and inline style."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title>
+<style>{style}</style>
+</head>"""
+
+
 def _esc(text: str) -> str:
     return html.escape(text, quote=True)
 
@@ -236,23 +249,11 @@ h1 { font-size: 16px; margin: 0 0 4px; }
 .note { font-size: 11px; color: #777; margin-top: 6px; }
 """
 
-# The view script. It reads the two JSON blocks and renders with textContent only (never innerHTML), and
-# keeps no state outside the page (the sandboxed iframe has no storage). Initial trait/layer can be
-# picked with #trait=NAME&layer=N in the URL.
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  var rec = JSON.parse(document.getElementById("data").textContent);
-  var view = JSON.parse(document.getElementById("view").textContent);
-  var NEG = [33, 102, 172], MID = [247, 247, 247], POS = [178, 24, 43], DARK = 0.55;
-  var tokens = rec.tokens, nPrompt = rec.n_prompt_tokens, traits = view.traits;
-  var box = document.getElementById("tokens");
-  var traitSel = document.getElementById("trait");
-  var layerSel = document.getElementById("layer");
-  var layerLabel = document.getElementById("layer-label");
-  var tip = document.getElementById("tip");
-
-  function colour(s, scale) {
+# token_colour and _fmt_score in JS, from the same constants: every page (this one, viz.token_index) colours
+# and formats a score exactly as the static fallback does.
+COLOUR_JS = (
+    f"  var NEG = {list(_NEG)}, MID = {list(_MID)}, POS = {list(_POS)}, DARK = {_DARK_TEXT_ABOVE};\n"
+    + r"""  function colour(s, scale) {
     if (s === null || s === undefined) { return ["transparent", "inherit"]; }
     var t = scale > 0 ? Math.max(-1, Math.min(1, s / scale)) : 0;
     var end = t >= 0 ? POS : NEG, a = Math.abs(t), c = [];
@@ -262,7 +263,25 @@ _SCRIPT = r"""
   function fmt(s) {
     if (s === null || s === undefined) { return "n/a"; }
     return (s >= 0 ? "+" : "") + s.toFixed(4);
-  }
+  }"""
+)
+
+# The view script. It reads the two JSON blocks and renders with textContent only (never innerHTML), and
+# keeps no state outside the page (the sandboxed iframe has no storage). Initial trait/layer can be
+# picked with #trait=NAME&layer=N in the URL.
+_SCRIPT = r"""
+(function () {
+  "use strict";
+  var rec = JSON.parse(document.getElementById("data").textContent);
+  var view = JSON.parse(document.getElementById("view").textContent);
+%COLOUR_JS%
+  var tokens = rec.tokens, nPrompt = rec.n_prompt_tokens, traits = view.traits;
+  var box = document.getElementById("tokens");
+  var traitSel = document.getElementById("trait");
+  var layerSel = document.getElementById("layer");
+  var layerLabel = document.getElementById("layer-label");
+  var tip = document.getElementById("tip");
+
   function fullScores(scores) {
     var pad = tokens.length - scores.length, out = [];
     for (var i = 0; i < tokens.length; i++) { out.push(i < pad ? null : scores[i - pad]); }
@@ -352,6 +371,7 @@ _SCRIPT = r"""
 })();
 """
 
+_SCRIPT = _SCRIPT.replace("%COLOUR_JS%", COLOUR_JS)
 _CSP = _csp(_SCRIPT)
 
 
@@ -458,15 +478,7 @@ def render_token_html(record: dict, scales: dict[str, dict[str, float]] | None =
         '<span>−</span><span class="bar"></span><span>+</span>'
         f'<span>scale <span id="scale">{scale_txt}</span> (<span id="mode">{_esc(str(mode0))}</span>)</span>'
     )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(title)}</title>
-<style>{_STYLE}</style>
-</head>
+    return f"""{page_head(title, _CSP, _STYLE)}
 <body>
 <h1>{_esc(rec["prompt_id"])}</h1>
 <div class="meta">{meta}</div>
