@@ -40,9 +40,11 @@ demo: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run_all
 
+# Prints each experiment's run-table URL (MLflow 3.17 opens its GenAI page otherwise), then serves the UI
+# without MLflow's background job workers (seven processes for GenAI features traitlab does not use).
 ui: setup
-	@echo "MLflow UI on http://$(HOST):$(PORT) (store: mlruns/mlflow.db)"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
+	@$(BIN)/python -m traitlab.tracking.dashboard --uri sqlite:///$(CURDIR)/mlruns/mlflow.db --base http://$(HOST):$(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
 # MLflow tracking server on PostgreSQL (scripts/tracking_server.sh documents HOST, PORT, BACKEND_URI, ...)
 server: setup
