@@ -51,6 +51,14 @@ def pad_left(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str
     return ids.to(device), mask.to(device)
 
 
+def padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: each row counts from 0 at its first real token (pads get 0).
+
+    A plain forward without them would number the pad columns too and shift every real token's position.
+    """
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Group indices of similar length (longest first) so padding, and so wasted compute, stays small."""
     if batch_size < 1:

@@ -95,7 +95,7 @@ def pooled_activations(
 ) -> torch.Tensor:
     """[N, len(layers), D] float32, cached by (model, texts, position, component, layers, max_length)."""
     texts = prompt_texts(lm, examples)
-    key = content_hash("acts-v1", model_key(lm), texts, list(responses), position, component, list(layers),
+    key = content_hash("acts-v2", model_key(lm), texts, list(responses), position, component, list(layers),
                        max_length)
     path = cache_dir() / "activations" / f"{key}.safetensors"
     with _locked(path):
