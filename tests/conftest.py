@@ -55,3 +55,23 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("TRAITLAB_OUTPUTS", str(tmp_path / "outputs"))
     return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_llama):
+    """`tiny_llama` as a LoadedModel with a real character-level tokenizer (ids < 128, left padding)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from traitlab.models.loading import LoadedModel, ModelSpec
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ?.,!'"
+    vocab.update({c: 4 + i for i, c in enumerate(chars)})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    backend.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", padding_side="left")
+    return LoadedModel(model=tiny_llama, tokenizer=tok, spec=ModelSpec(name="tiny_llama", id="tiny_llama"),
+                       use_chat_template=False)

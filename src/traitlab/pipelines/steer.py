@@ -41,6 +41,7 @@ from traitlab.models.chat import format_prompt
 from traitlab.models.encoding import encode, length_sorted_batches, pad_id_of, pad_left
 from traitlab.models.generation import HookFactory, generate_texts
 from traitlab.models.loading import LoadedModel, load_model
+from traitlab.models.steered_generation import generate_steered_shared
 from traitlab.paths import outputs_dir
 from traitlab.pipelines import coef_search as cs
 from traitlab.pipelines.common import model_key, responses_for
@@ -445,8 +446,8 @@ def _search_evaluator(lm: LoadedModel, cfg: SteerConfig, prep: Prepared, judge: 
     def evaluate(cands: list[cs.Candidate]) -> list[cs.Outcome]:
         counter["round"] += 1
         settings = [[(c.layer, c.vector, c.coefficient)] for c in cands]
-        responses = generate_steered(lm, texts, settings, component=cfg.component.name, gen=_gen(cfg),
-                                     seed=cfg.seed)
+        responses = generate_steered_shared(lm, texts, settings, component=cfg.component.name, gen=_gen(cfg),
+                                            seed=cfg.seed)
         flat = [r for rs in responses for r in rs]
         scores = judge_rows(judge, prep.trait, prep.questions * len(cands), flat)  # hooks are all removed here
         outcomes = []
