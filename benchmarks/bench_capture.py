@@ -86,13 +86,13 @@ def hidden_states(lm, pairs, tokens: int, position: str = POSITION) -> torch.Ten
     """What a hook-free script does: the CausalLM with every layer's all-token states kept, pooled afterwards."""
     from traitlab.core.positions import Segments, resolve_batch
     from traitlab.models.capture import encode_pairs
-    from traitlab.models.encoding import pad_id_of, pad_left, padded_positions
+    from traitlab.models.encoding import pad_id_of, padded_inputs
 
     enc = encode_pairs(lm, pairs, tokens)
-    ids, mask = pad_left(enc, pad_id_of(lm.tokenizer), lm.device)
+    inputs = padded_inputs(enc, pad_id_of(lm.tokenizer), lm.device)
+    ids = inputs["input_ids"]
     spans = resolve_batch(position, [Segments(e.prompt_len, e.seq_len) for e in enc], ids.shape[1]).to(lm.device)
-    hs = lm.model(input_ids=ids, attention_mask=mask, position_ids=padded_positions(mask),
-                  output_hidden_states=True).hidden_states
+    hs = lm.model(**inputs, output_hidden_states=True).hidden_states
     col = torch.arange(ids.shape[1], device=ids.device)
     sel = ((col >= spans[:, :1]) & (col < spans[:, 1:])).float()
     return torch.stack([(h.float() * sel[..., None]).sum(1) / sel.sum(1, keepdim=True) for h in hs[1:]], 1).cpu()
@@ -146,10 +146,10 @@ def bare_forward(lm, pairs, tokens: int) -> None:
     """The floor of any capture: the trunk's forward over the same batch, nothing kept."""
     from traitlab.core.components import base_model
     from traitlab.models.capture import encode_pairs
-    from traitlab.models.encoding import pad_id_of, pad_left, padded_positions
+    from traitlab.models.encoding import pad_id_of, padded_inputs
 
-    ids, mask = pad_left(encode_pairs(lm, pairs, tokens), pad_id_of(lm.tokenizer), lm.device)
-    base_model(lm.model)(input_ids=ids, attention_mask=mask, position_ids=padded_positions(mask), use_cache=False)
+    base_model(lm.model)(**padded_inputs(encode_pairs(lm, pairs, tokens), pad_id_of(lm.tokenizer), lm.device),
+                         use_cache=False)
 
 
 def matmul_flop_bound(lm, tokens: int) -> float:

@@ -39,15 +39,26 @@ def test_extract_multirun_2x2(mlflow_store, tmp_path):
     assert all(c.info.status == "FINISHED" for c in children)
     assert {(c.data.tags["trait"], c.data.tags["method"]) for c in children} == {
         (t, m) for t in ("starter/optimism", "starter/formality") for m in ("mean_diff", "probe")}
-    # per-layer metrics with step = layer; params are the flattened config
+    # per-layer metrics `layer/<metric>` with step = layer and 95% bounds beside them, sample sizes and
+    # `best/<metric>` summaries; params are the flattened config
     for c in children:
-        steps = {m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")}
-        assert steps == {10, 12}
+        for name in ("val_accuracy", "val_accuracy_lo", "val_effect_size_hi", "cv_accuracy", "ood_auroc_lo",
+                     "diag_agreement", "diag_length_cos"):
+            steps = {m.step for m in client.get_metric_history(c.info.run_id, f"layer/{name}")}
+            assert steps == {10, 12}, name
+        metrics = c.data.metrics
+        assert metrics["n_val_pos"] == 7 and metrics["n_cv_pos"] == metrics["n_train_pos"]
+        assert metrics["best/layer"] == int(c.data.tags["best_layer"]) in (10, 12)
+        assert metrics["best/val_accuracy_lo"] <= metrics["best/val_accuracy"] <= metrics["best/val_accuracy_hi"]
+        assert c.data.tags["traitlab.selection"] == "cv_effect_size"
+        assert "val_accuracy" not in metrics  # the old flat per-layer names are gone
         assert c.data.params["layers"] == "10,12" and c.data.params["model.name"] == "smollm2_135m"
         files = {f.path for f in client.list_artifacts(c.info.run_id, f"vectors/residual/response/{c.data.tags['method']}")}
         assert files >= {f"vectors/residual/response/{c.data.tags['method']}/layer_{n:03d}.{ext}"
                          for n in (10, 12) for ext in ("safetensors", "json")}
-        assert {f.path for f in client.list_artifacts(c.info.run_id, "config")} == {"config/resolved.yaml"}
+        # the effective config, and where the trait's extraction.yaml settings (the global file's position) came from
+        assert {f.path for f in client.list_artifacts(c.info.run_id, "config")} == {
+            "config/resolved.yaml", "config/trait_overrides.json"}
     # the parent shows the layer x method heatmaps built from its children
     parent_files = []
     stack = ["figures"]

@@ -39,6 +39,7 @@ def test_defaults_compose_into_the_typed_config():
     (("mode=sweep",), "mode", "search, baseline, ablation, rescore"),
     (("layers=10-x",), "layers", "cannot parse '10-x'"),
     (("judge.backend=perplexity",), "judge.backend", "coherence only"),
+    (("judge.rubric=axbnech",), "judge.rubric", "not one of trait, axbench"),
 ])
 def test_bad_settings_fail_before_anything_loads(overrides, key, text, mlflow_store):
     cfg = compose_steer("trait=starter/optimism", "judge=hf_local", *overrides)
@@ -46,6 +47,31 @@ def test_bad_settings_fail_before_anything_loads(overrides, key, text, mlflow_st
         steer.validate_inputs(cfg)
     assert err.value.key == key and text in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_axbench_rubric_refuses_steering_away_and_is_part_of_the_judge_identity(tmp_path, mlflow_store):
+    import json
+    import shutil
+
+    from traitlab.io import content_hash
+    from traitlab.judge.prompts import resolve_template
+
+    away = tmp_path / "mine" / "calm"
+    shutil.copytree(resolve_trait_dir("starter/optimism"), away)
+    spec = json.loads((away / "steering.json").read_text())
+    (away / "steering.json").write_text(json.dumps({**spec, "direction": "negative"}))
+    cfg = compose_steer(f"trait.path={away}", "judge=hf_local", "judge.rubric=axbench")
+    with pytest.raises(ConfigError, match=r"judge\.rubric: axbench rewards the concept being present"):
+        steer.validate_inputs(cfg)
+
+    trait = load_trait(resolve_trait_dir("starter/optimism"))
+    plain = steer.judge_config(compose_steer("trait=starter/optimism", "judge=hf_local").judge)
+    # The default rubric keeps the identity it had before rubrics existed, so existing studies resume.
+    before = content_hash("judge-id-v1", {k: plain.get(k) for k in steer._JUDGE_SEMANTIC},
+                          [resolve_template("trait_score", trait=trait.qualified_name).text,
+                           resolve_template("coherence").text], trait.definition or "")
+    assert steer.judge_identity(plain, trait) == before
+    assert steer.judge_identity({**plain, "rubric": "axbench"}, trait) != before
 
 
 def test_missing_vectors_error_names_what_exists(mlflow_store):

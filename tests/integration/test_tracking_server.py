@@ -108,7 +108,7 @@ def test_extract_logs_to_postgres_backed_server(tracking_server, smollm2, monkey
     assert tags["trait"] == "starter/optimism" and tags["traitlab.stage"] == "extract"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["layers"] == "1,3" and params["method.name"] == "mean_diff"
-    steps = get_json(f"{url}/api/2.0/mlflow/metrics/get-history?run_id={res.run_id}&metric_key=val_accuracy")
+    steps = get_json(f"{url}/api/2.0/mlflow/metrics/get-history?run_id={res.run_id}&metric_key=layer%2Fval_accuracy")
     assert sorted(m["step"] for m in steps["metrics"]) == [1, 3]
     listed = get_json(f"{url}/api/2.0/mlflow/artifacts/list?run_id={res.run_id}&path=vectors/residual/response/mean_diff")
     assert {Path(f["path"]).name for f in listed["files"]} >= {"layer_001.safetensors", "layer_003.json"}

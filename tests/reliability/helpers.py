@@ -24,6 +24,8 @@ FAST = {
     "extract": {"layers": "'10,12'", "method": "mean_diff", "tracking.experiment": "rel"},
     "steer": {"layers": "'10,12'", "method": "mean_diff", "tracking.experiment": "rel"},
     "infer": {"tracking.experiment": "rel"},
+    "export": {"tracking.experiment": "rel"},
+    "serve": {"tracking.experiment": "rel", "register_only": "true"},
 }
 
 POSITIVE = [

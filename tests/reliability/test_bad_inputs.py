@@ -149,6 +149,24 @@ def wrong_dim_vector(d: Path) -> Path:
     return p
 
 
+def good_vector(d: Path) -> Path:
+    from traitlab.tracking.artifacts import save_vector
+
+    p = d / "vec" / "layer_010.safetensors"
+    save_vector(p, torch.ones(576), {"layer": 10})
+    return p
+
+
+def layer_zero_file() -> Build:
+    def build(d: Path) -> list[str]:
+        from traitlab.tracking.artifacts import save_vector
+
+        save_vector(d / "layer_000.safetensors", torch.ones(576), {"layer": 0, "component": "residual"})
+        return [f"vector_file={d / 'layer_000.safetensors'}"]
+
+    return build
+
+
 def bad_prompt_set(d: Path) -> Path:
     p = d / "prompts.json"
     p.write_text('{"prompts": [\n  {"id": 1, "prompt": "hi"},\n  {"id": 2, "promt": "typo"}\n]}\n',
@@ -162,13 +180,15 @@ def vector_run(make_vector: Callable[[Path], Path], *extra: str, infer: bool = F
 
     def build(d: Path) -> list[str]:
         from traitlab.data import load_trait
+        from traitlab.models.identity import model_tags
+        from traitlab.models.loading import ModelSpec
         from traitlab.tracking.artifacts import vector_path
         from traitlab.tracking.store import ensure_store
 
         t = tiny_trait(d / "trait")
         name = load_trait(t).qualified_name
         client, exp_id = ensure_store(Sandbox(d).uri, "rel")
-        tags = {"traitlab.stage": "extract", "trait": name, "model": "smollm2_135m", "method": "mean_diff",
+        tags = {"traitlab.stage": "extract", "trait": name, **model_tags(ModelSpec()), "method": "mean_diff",
                 "component": "residual", "position": "response[:]", "layers": "10"}
         run = client.create_run(exp_id, tags=tags)
         client.log_metric(run.info.run_id, "val_effect_size", 1.0, step=10)
@@ -263,16 +283,19 @@ CASES: list[Case] = [
     Case("layer_percent_over_100", args("layers=50%-150%"), ("layers '50%-150%'", "above 100%")),
     Case("position_dsl_garbage", args("position.spec='respnse[:5]'"),
          ("position 'respnse[:5]'", "unknown frame", "response")),
-    Case("override_syntax", args("position.spec=response[:5"), ("override 'position.spec=response[:5'",)),
+    Case("override_syntax", args("method.kwargs.C=[1,2"), ("override 'method.kwargs.C=[1,2'",)),
+    # DSL values reach the DSL parser as typed (the launcher quotes them for Hydra), so its error names them
+    Case("position_dsl_unclosed", args("position.spec=response[:5"), ("position 'response[:5'", "cannot parse")),
     Case("unknown_component", args("component.name=attn_out"), ("config component", "'attn_out'", "residual")),
     Case("method_bad_kwarg", args("method=probe", "+method.kwargs.bogus=1"),
          ("config method.bogus", "valid options:", "penalty")),
     Case("val_split_out_of_range", args("extraction.val_split=1.5"), ("extraction.val_split", "1.5")),
+    Case("cv_one_fold", args("extraction.cv_folds=1"), ("extraction.cv_folds", "at least 2 folds")),
     Case("bad_dtype", args("model.dtype=float8"), ("config model.dtype", "'float8'", "bfloat16")),
     Case("bad_device", args("model.device=tpu"), ("config model.device", "'tpu'", "cpu")),
     Case("bad_quantization", args("model.quantization=int3"), ("config model.quantization", "'int3'", "nf4")),
     Case("hf_model_without_id", args("model=hf"), ("config model.id", "is empty"), model=True),
-    Case("multirun_job_named", args("-m", "layers=abc,xyz"), ("in job [", "layers=abc,", "layers 'abc'")),
+    Case("multirun_job_named", args("-m", "layers=abc,xyz"), ("in job [", "layers='abc',", "layers 'abc'")),
     # only after the model is loaded (its depth / the adapter registry check)
     Case("layer_out_of_range", args("layers=99"), ("layers '99'", "out of range", "0..29"), model=True),
     Case("negative_layer_out_of_range", args("layers=-31"), ("layers '-31'", "out of range"), model=True),
@@ -312,6 +335,19 @@ CASES: list[Case] = [
          ("layer_010.safetensors", "truncated or corrupted"), stage="infer", model=True),
     Case("infer_vector_wrong_dim", vector_run(wrong_dim_vector, "layers=10", infer=True),
          ("layer_010.safetensors", "dimension 100", "576"), stage="infer", model=True),
+    # export and serve (`traitlab export|serve`, launchers/export.py|serve.py): none of them loads the model
+    Case("export_no_vectors", args(), ("no vectors of trait", "launchers/extract.py"), stage="export"),
+    Case("export_not_residual", args("component=attn_contribution"), ("config component", "residual stream"),
+         stage="export"),
+    Case("export_layer_zero", layer_zero_file(), ("layer 0", "cannot steer block 0", "layers >= 1"),
+         stage="export"),
+    Case("export_vector_wrong_dim", vector_run(wrong_dim_vector, "layers=10"),
+         ("layer_010.safetensors", "dimension 100", "576"), stage="export"),
+    Case("serve_bad_mode", args("mode=steer"), ("config mode", "'steer'", "add_response"), stage="serve"),
+    Case("serve_cap_without_threshold", vector_run(good_vector, "layers=10", "mode=cap"),
+         ("config cap_threshold", "mode=cap"), stage="serve"),
+    Case("serve_no_steering_result", vector_run(good_vector, "layers=10"),
+         ("config coefficient", "no steering result", "coefficient=<number>"), stage="serve"),
 ]
 
 def available(stage: str) -> bool:

@@ -215,3 +215,16 @@ def test_bad_shapes_and_values_are_rejected(data):
         get_method("mean_diff").extract(pos[0], neg)
     with pytest.raises(ExtractionError, match="zero or non-finite"):
         get_method("mean_diff").extract(pos, pos.clone())
+
+
+def test_rfm_bandwidth_split_holds_out_whole_pairs():
+    """Equal class counts are pairs (as pca_diff assumes): RFM's inner split must hold out the same pairs on both
+    sides, or a pair's two halves land on both sides of its bandwidth choice."""
+    from traitlab.core.methods import _stratified_split
+
+    for seed in range(5):
+        tr_p, va_p, tr_n, va_n = _stratified_split(30, 30, 0.2, seed)
+        assert torch.equal(va_p, va_n) and torch.equal(tr_p, tr_n)
+        assert len(va_p) == 6
+    tr_p, va_p, tr_n, va_n = _stratified_split(30, 20, 0.2, 0)  # unpaired: stratified per class
+    assert (len(va_p), len(va_n)) == (6, 4)

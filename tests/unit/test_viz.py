@@ -355,6 +355,11 @@ def test_layer_curve_and_model_diff_one_line_per_key(tmp_path):
     assert list(lines[1].get_xdata()) == [1, 2, 3] and list(lines[1].get_ydata()) == [0.3, 0.2, 0.1]
     _png(fig, tmp_path, "curve")
 
+    banded = F.layer_curve_figure(curves, "val_accuracy", bands={"mean_diff": {1: (0.1, 0.5), 3: (0.0, 0.2)}})
+    (poly,) = banded.axes[0].collections  # one shaded interval, for the one curve that has bands
+    xs, ys = poly.get_paths()[0].vertices.T
+    assert min(xs) == 1 and max(xs) == 3 and min(ys) == 0.0 and max(ys) == 0.5
+
     diff = F.model_diff_figure({"evil": {"0": 0.1, "1": -0.8}, "refusal": {0: 1.2, 1: None}})
     ax = diff.axes[0]
     assert len(_labelled_lines(ax)) == 2 and len(ax.get_lines()) == 3  # + zero line

@@ -48,6 +48,8 @@ class GenerationConfig:
 @dataclass
 class ExtractionConfig:
     val_split: float = 0.1
+    cv_folds: int = 5  # k-fold CV over the training pairs (by prompt group) picks the best layer; 0 = off
+    n_bootstrap: int = 1000  # resamples for the effect-size / AUROC intervals
     batch_size: int = 16
     max_length: int = 512
     use_provided_responses: bool = True

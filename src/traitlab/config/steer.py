@@ -35,6 +35,7 @@ class JudgeConfig:
     top_logprobs: int = 20
     scale_max: Any = "auto"            # auto | 100 | 9 (judges whose tokenizer splits numbers into digits)
     cache_path: str | None = "default"  # default: <cache>/judge_cache.sqlite; null: in memory only
+    rubric: str = "trait"              # trait | axbench (concept, instruction, fluency; harmonic mean)
     relevance_check: bool = False
     prompts_dir: str | None = None
     trait_prompt_path: str | None = None

@@ -17,7 +17,9 @@ from traitlab.config import schema
 from traitlab.paths import datasets_dir
 
 STAGE_SCHEMAS = {"extract": "traitlab.config.schema:ExtractConfig", "steer": "traitlab.config.steer:SteerConfig",
-                 "infer": "traitlab.config.infer:InferConfig", "analyze": "traitlab.config.analyze:AnalyzeConfig"}
+                 "infer": "traitlab.config.infer:InferConfig", "analyze": "traitlab.config.analyze:AnalyzeConfig",
+                 "generate": "traitlab.config.generate:GenerateConfig", "chat": "traitlab.config.generate:ChatConfig",
+                 "export": "traitlab.config.export:ExportConfig", "serve": "traitlab.config.serve:ServeConfig"}
 
 
 def trait_names(root: Path | None = None) -> list[str]:

@@ -99,14 +99,26 @@ def _fit_quality(vector: Tensor, pos: Tensor, neg: Tensor | None) -> dict[str, A
 def _stratified_split(
     n_pos: int, n_neg: int, frac: float, seed: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Seeded per-class train/val index split (val gets round(frac·n), at least 1, of each class)."""
+    """Seeded train/val index split holding out round(frac·n), at least 1, of each class.
+
+    Equal class counts are pairs (the convention pca_diff uses too): one permutation for both sides, so
+    a pair is held out whole and pos[i] still pairs with neg[i]. Otherwise each class is split on its own.
+    """
     g = torch.Generator().manual_seed(seed)
     out = []
+    perm = None
     for n in (n_pos, n_neg):
-        perm = torch.randperm(n, generator=g)
+        if perm is None or n_pos != n_neg:
+            perm = torch.randperm(n, generator=g)
         k = max(1, round(frac * n))
         out += [perm[k:], perm[:k]]
     return out[0], out[1], out[2], out[3]
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 31-bit seed for (seed, *keys), e.g. one per layer: independent streams, reproducible from one run seed."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(k) for k in keys)]).generate_state(1)[0]
+               & 0x7FFFFFFF)
 
 
 def _row_space(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -423,7 +435,7 @@ class Ica(ExtractionMethod):
             sources = ica.fit_transform(z)
         n_pos = pos.shape[0]
         ds = [effect_size(sources[:n_pos, j], sources[n_pos:, j]) for j in range(k)]
-        best = int(np.argmax(np.abs(ds)))
+        best = int(np.nanargmax(np.abs(ds))) if np.isfinite(ds).any() else 0  # undefined d is NaN
         # sources = (z - mean) @ components_.T and z = xc @ vh[:k].T, so the D-space filter is vh[:k].T @ row.
         v = vh[:k].T @ torch.from_numpy(ica.components_[best].copy())
         return _orient(v, _mean_diff(pos, neg).cpu()), {

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from traitlab import paths
-from traitlab.data.readers import LocatedJson, read_json_document, type_name
+from traitlab.data.readers import LocatedJson, read_json_document, relative_name, resolved_inside, type_name
 from traitlab.errors import ConfigError, DataError
 from traitlab.io import content_hash
 
@@ -58,20 +58,13 @@ def resolve_prompt_set(name: str | None = None, path: str | Path | None = None, 
         return p.resolve()
     root = Path(root) if root is not None else default_prompt_sets_root()
     assert name is not None
-    rel = Path(name if name.endswith(".json") else f"{name}.json")
-    if not name.strip() or rel.is_absolute() or ".." in rel.parts or name.startswith("~"):
-        raise ConfigError("prompt_set", f"{name!r} must be a relative name like starter under {root} "
-                                        f"(no '..', no absolute path); use prompt_set.path= for a file elsewhere")
-    candidate = root / rel
+    rel = relative_name(name, root, "prompt_set", "starter", "prompt_set.path", "a file")
+    candidate = root / (rel if name.endswith(".json") else rel.with_name(rel.name + ".json"))
     if not candidate.is_file():
         available = list_prompt_sets(root)
         hint = f"available: {', '.join(available)}" if available else "no prompt sets found there"
         raise ConfigError("prompt_set", f"no prompt set {name!r} under {root}; {hint}")
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise ConfigError("prompt_set", f"{name!r} leads outside {root} (symlink to {resolved}); "
-                                        f"use prompt_set.path= to load a file elsewhere")
-    return resolved
+    return resolved_inside(candidate, root, name, "prompt_set", "prompt_set.path", "a file")
 
 
 def load_prompt_set(name: str | None = None, path: str | Path | None = None, root: Path | None = None) -> PromptSet:

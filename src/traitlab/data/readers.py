@@ -22,13 +22,32 @@ from typing import Any
 
 import yaml
 
-from traitlab.errors import DataError
+from traitlab.errors import ConfigError, DataError
 
 MAX_LINE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _WS = re.compile(r"[ \t\n\r]*")
 
 JsonPath = tuple[str | int, ...]
+
+
+def relative_name(name: str, root: Path, key: str, example: str, path_key: str, what: str) -> Path:
+    """A dataset name as a path below `root`; a name that could escape it ('..', absolute, '~') or is empty
+    is a ConfigError on `key` that points to `path_key` for `what` (a file, a directory) elsewhere."""
+    rel = Path(name)
+    if not name.strip() or rel.is_absolute() or ".." in rel.parts or name.startswith("~"):
+        raise ConfigError(key, f"{name!r} must be a relative name like {example} under {root} "
+                               f"(no '..', no absolute path); use {path_key}= for {what} elsewhere")
+    return rel
+
+
+def resolved_inside(candidate: Path, root: Path, name: str, key: str, path_key: str, what: str) -> Path:
+    """`candidate` resolved, unless a symlink takes it outside `root` (ConfigError on `key`)."""
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ConfigError(key, f"{name!r} leads outside {root} (symlink to {resolved}); "
+                               f"use {path_key}= to load {what} elsewhere")
+    return resolved
 
 
 def read_text(path: str | Path, expected: str, allow_empty: bool = False) -> str:
@@ -182,9 +201,24 @@ def _value_lines(path: Path, text: str) -> dict[JsonPath, int]:
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping (an empty file is an empty mapping, unlike other formats)."""
+    return read_yaml_mapping_lines(path)[0]
+
+
+def read_yaml_mapping_lines(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """`read_yaml_mapping` plus the 1-based line of each key: {("a",): 3, ("a", "b"): 4} for nested keys."""
     path = Path(path)
     text = read_text(path, "a YAML mapping", allow_empty=True)
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, where: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines[(*where, key.value)] = key.start_mark.line + 1
+                    walk(value, (*where, key.value))
+
     try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
         value = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark is not None else None
@@ -192,13 +226,13 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise DataError(path, f"invalid YAML ({e}); expected a mapping of key: value") from None
     if value is None:
-        return {}
+        return {}, lines
     if not isinstance(value, dict):
         raise DataError(path, f"expected a mapping of key: value at the top level, got {type(value).__name__}", line=1)
     bad = [k for k in value if not isinstance(k, str)]
     if bad:
         raise DataError(path, f"keys must be strings, got {bad[0]!r}")
-    return value
+    return value, lines
 
 
 def type_name(value: Any) -> str:

@@ -11,6 +11,7 @@ from traitlab.judge.base import Scorer
 from traitlab.judge.cache import ScoreCache
 
 BACKENDS = ("openai", "openai_compatible", "hf_local", "perplexity")
+RUBRICS = ("trait", "axbench")  # trait: trait score + coherence; axbench: concept, instruction, fluency
 DEFAULTS: dict[str, Any] = {
     "backend": "openai",
     "model": None,  # openai: gpt-4.1-mini; openai_compatible: the server's first model; hf_local: smollm2_135m
@@ -25,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "top_logprobs": 20,
     "scale_max": "auto",  # auto | 100 | 9 (digit-splitting judges, see judge/scoring.py)
     "cache_path": "default",  # "default" -> <cache_dir>/judge_cache.sqlite; null -> in-memory only
+    "rubric": "trait",
     "relevance_check": False,
     "prompts_dir": None,  # null -> datasets/llm_judge
     "trait_prompt_path": None,  # trait-level trait_score prompt file (after inline eval_prompt)
@@ -56,7 +58,31 @@ def resolve_judge_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     out.update({k: v for k, v in cfg.items() if k in DEFAULTS})
     if out["backend"] not in BACKENDS:
         raise ConfigError("judge.backend", f"'{out['backend']}' is not one of {', '.join(BACKENDS)}")
+    if out["rubric"] not in RUBRICS:
+        raise ConfigError("judge.rubric", f"'{out['rubric']}' is not one of {', '.join(RUBRICS)}")
+    if out["rubric"] == "axbench" and out["backend"] == "perplexity":
+        raise ConfigError("judge.rubric", "axbench needs an LLM judge (openai, openai_compatible or hf_local); "
+                                          "the perplexity backend scores coherence only")
+    if out["rubric"] == "axbench" and out["relevance_check"]:
+        raise ConfigError("judge.relevance_check", "applies to rubric=trait only; rubric=axbench rates "
+                                                   "instruction relevance itself (set relevance_check=false)")
     return out
+
+
+def prompt_texts(cfg: Mapping[str, Any] | None, *, eval_prompt: str | None = None, trait: str = "") -> list[str]:
+    """The text of every prompt template the configured judge renders, in a fixed order: what a score
+    depends on besides the settings, so identity hashes change when a prompt file does."""
+    from traitlab.judge.prompts import AXBENCH_KINDS, resolve_template
+
+    c = resolve_judge_config(cfg)
+    if c["rubric"] == "axbench":
+        return [resolve_template(kind, prompts_dir=c["prompts_dir"]).text for kind in AXBENCH_KINDS]
+    texts = [resolve_template("trait_score", eval_prompt=eval_prompt, trait_prompt_path=c["trait_prompt_path"],
+                              prompts_dir=c["prompts_dir"], trait=trait).text,
+             resolve_template("coherence", prompts_dir=c["prompts_dir"]).text]
+    if c["relevance_check"]:
+        texts.append(resolve_template("relevance", prompts_dir=c["prompts_dir"]).text)
+    return texts
 
 
 def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Scorer:
@@ -64,6 +90,7 @@ def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Sc
 
     Call `validate()` on the result (or `validate_scorer`) before loading the steered model.
     """
+    from traitlab.judge.axbench import AxBenchJudge
     from traitlab.judge.cheap import CombinedScorer, PerplexityCoherence
     from traitlab.judge.scoring import LogprobJudge
 
@@ -90,11 +117,16 @@ def make_judge(cfg: Mapping[str, Any] | None = None, *, model: Any = None) -> Sc
             max_retries=int(c["max_retries"]), timeout_s=float(c["timeout_s"]), backoff_s=float(c["backoff_s"]),
             max_backoff_s=float(c["max_backoff_s"]), concurrency=int(c["concurrency"]), scale_max=scale,
         )
-    judge = LogprobJudge(
-        source, min_weight=float(c["min_weight"]), top_logprobs=int(c["top_logprobs"]),
-        relevance_check=bool(c["relevance_check"]), cache=cache, prompts_dir=c["prompts_dir"],
-        trait_prompt_path=c["trait_prompt_path"],
-    )
+    judge: Any
+    if c["rubric"] == "axbench":
+        judge = AxBenchJudge(source, min_weight=float(c["min_weight"]), top_logprobs=int(c["top_logprobs"]),
+                             cache=cache, prompts_dir=c["prompts_dir"])
+    else:
+        judge = LogprobJudge(
+            source, min_weight=float(c["min_weight"]), top_logprobs=int(c["top_logprobs"]),
+            relevance_check=bool(c["relevance_check"]), cache=cache, prompts_dir=c["prompts_dir"],
+            trait_prompt_path=c["trait_prompt_path"],
+        )
     if c["perplexity_combine"]:
         ppl_model = model if model is not None else "smollm2_135m"
         ppl = PerplexityCoherence(ppl_model, batch_size=int(c["batch_size"]), cache=cache, **ppl_kwargs)

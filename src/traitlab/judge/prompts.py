@@ -14,9 +14,15 @@ from traitlab.errors import ConfigError, DataError
 from traitlab.paths import datasets_dir
 
 KINDS = ("trait_score", "coherence", "relevance")
+# The AxBench-style rubric (judge.rubric=axbench) rates three things separately: whether the concept (the
+# trait) is present, whether the answer follows the instruction (the question), and fluency.
+AXBENCH_KINDS = ("concept", "instruction", "fluency")
+ALL_KINDS = KINDS + AXBENCH_KINDS
 PLACEHOLDERS = ("trait", "definition", "question", "answer", "max_score")
-# Without the answer there is nothing to judge; without the question relevance means nothing.
-REQUIRED = {"trait_score": ("answer",), "coherence": ("answer",), "relevance": ("question", "answer")}
+# Without the answer there is nothing to judge; without the question relevance means nothing; a concept
+# prompt that does not name the concept cannot be about this trait.
+REQUIRED = {"trait_score": ("answer",), "coherence": ("answer",), "relevance": ("question", "answer"),
+            "concept": ("trait", "answer"), "instruction": ("question", "answer"), "fluency": ("answer",)}
 DEFAULT_FILE = "default.txt"
 # The checkout's own prompts, used when $TRAITLAB_DATASETS points at a data dir without llm_judge/.
 _PACKAGED_DIR = Path(__file__).resolve().parents[3] / "datasets" / "llm_judge"
@@ -44,8 +50,8 @@ class PromptTemplate:
 
 def parse_template(kind: str, text: str, source: str) -> PromptTemplate:
     """Check placeholders against PLACEHOLDERS and REQUIRED[kind]; errors name `source`."""
-    if kind not in KINDS:
-        raise ConfigError("judge.prompt kind", f"'{kind}' is not one of {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ConfigError("judge.prompt kind", f"'{kind}' is not one of {', '.join(ALL_KINDS)}")
     if not text.strip():
         raise DataError(source, f"{kind} judge prompt is empty")
     fields: set[str] = set()
@@ -72,9 +78,10 @@ def parse_template(kind: str, text: str, source: str) -> PromptTemplate:
     return PromptTemplate(kind=kind, text=text, source=source, fields=frozenset(fields))
 
 
-def default_prompts_dir() -> Path:
+def default_prompts_dir(kind: str = "trait_score") -> Path:
+    """$TRAITLAB_DATASETS/llm_judge when it has this kind's default prompt, else the checkout's own."""
     here = datasets_dir() / "llm_judge"
-    return here if (here / "trait_score" / DEFAULT_FILE).is_file() else _PACKAGED_DIR
+    return here if (here / kind / DEFAULT_FILE).is_file() else _PACKAGED_DIR
 
 
 _FILE_CACHE: dict[tuple[str, str, int], PromptTemplate] = {}
@@ -103,12 +110,12 @@ def resolve_template(
     trait: str = "",
 ) -> PromptTemplate:
     """The template for `kind`. Inline and trait-level overrides apply to the trait score only."""
-    if kind not in KINDS:
-        raise ConfigError("judge.prompt kind", f"'{kind}' is not one of {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ConfigError("judge.prompt kind", f"'{kind}' is not one of {', '.join(ALL_KINDS)}")
     if kind == "trait_score":
         if eval_prompt is not None and eval_prompt.strip():
             return parse_template(kind, eval_prompt, f"<inline eval_prompt of trait '{trait}' (steering.json)>")
         if trait_prompt_path:
             return load_template_file(kind, trait_prompt_path)
-    base = Path(prompts_dir).expanduser() if prompts_dir else default_prompts_dir()
+    base = Path(prompts_dir).expanduser() if prompts_dir else default_prompts_dir(kind)
     return load_template_file(kind, base / kind / DEFAULT_FILE)

@@ -8,6 +8,11 @@ splits numbers into digits (SmolLM2, Qwen, Mistral): there the first token of "8
 for 0-100 and reading one token would silently score everything 0-9. Asking for one digit keeps the
 single-token read exact; scores are then rescaled to 0-100 so thresholds (coherence >= 77) mean the
 same for every judge.
+
+The scale is detected wherever another model may answer (a local model's tokenizer, a server's tokenize
+endpoint; only OpenAI's own API is known to be 0-100) and fails clearly when it cannot be known. Once known
+it is stored in the judge cache beside the logprobs (keyed by backend, model and server), so re-scoring from
+the cache needs neither the judge model nor its server.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, Protocol
 from traitlab.errors import ConfigError
 from traitlab.judge.aggregate import integer_weights, logprob_score
 from traitlab.judge.base import JudgeScore, ScoreRequest
-from traitlab.judge.cache import ScoreCache, cache_key
+from traitlab.judge.cache import ScoreCache, cache_key, scale_key
 from traitlab.judge.prompts import PromptTemplate, resolve_template
 
 log = logging.getLogger(__name__)
@@ -73,20 +78,15 @@ class JudgePrompt:
     source: str
 
 
-class LogprobJudge:
-    """A Scorer: trait score + coherence (+ relevance check) from one-token judge replies, cached."""
+class OneTokenJudge:
+    """What every rubric shares: render prompts, fetch logprobs through the cache, score 0-100 per prompt.
 
-    def __init__(
-        self,
-        source: LogprobSource,
-        *,
-        min_weight: float = 0.25,
-        top_logprobs: int = 20,
-        relevance_check: bool = False,
-        cache: ScoreCache | None = None,
-        prompts_dir: str | Path | None = None,
-        trait_prompt_path: str | Path | None = None,
-    ):
+    A rubric (LogprobJudge, AxBenchJudge) says which prompts it asks per request (`prompts_for`) and how the
+    per-kind scores become one JudgeScore.
+    """
+
+    def __init__(self, source: LogprobSource, *, min_weight: float = 0.25, top_logprobs: int = 20,
+                 cache: ScoreCache | None = None, prompts_dir: str | Path | None = None):
         if not 0.0 <= min_weight <= 1.0:
             raise ConfigError("judge.min_weight", f"{min_weight} is not in [0, 1]")
         if not 1 <= top_logprobs <= 20:
@@ -94,33 +94,41 @@ class LogprobJudge:
         self.source = source
         self.min_weight = min_weight
         self.top_logprobs = top_logprobs
-        self.relevance_check = relevance_check
         self.cache = cache if cache is not None else ScoreCache(None)
         self.prompts_dir = prompts_dir
-        self.trait_prompt_path = trait_prompt_path
-        # Load and check the shared templates now so a bad prompt file fails before any model loads.
-        self._coherence = resolve_template("coherence", prompts_dir=prompts_dir)
-        self._relevance = resolve_template("relevance", prompts_dir=prompts_dir) if relevance_check else None
-        self.check_trait_prompt(None)
-
-    def check_trait_prompt(self, eval_prompt: str | None, trait: str = "") -> PromptTemplate:
-        """Resolve (and so check) the trait prompt a request would use; call it before loading models."""
-        return resolve_template("trait_score", eval_prompt=eval_prompt, trait_prompt_path=self.trait_prompt_path,
-                                prompts_dir=self.prompts_dir, trait=trait)
+        self._scale: int | None = None
 
     def validate(self) -> None:
         self.source.validate()
 
+    @property
+    def scale_max(self) -> int:
+        """The judge's answer scale: set, stored in the cache by an earlier run, or detected (then stored)."""
+        if self._scale is None:
+            setting = getattr(self.source, "scale_setting", "auto")
+            if setting != "auto":
+                self._scale = int(setting)
+            else:
+                key = scale_key(self.source.backend, self.source.model_id, getattr(self.source, "base_url", None))
+                stored = self.cache.get(key)
+                if stored in (9, 100):
+                    self._scale = int(stored)
+                else:
+                    self._scale = int(self.source.scale_max)
+                    self.cache.put(key, self._scale)
+        return self._scale
+
+    def templates_for(self, req: ScoreRequest) -> list[tuple[str, PromptTemplate]]:
+        """(kind, template) pairs asked about one request."""
+        raise NotImplementedError
+
     def prompts_for(self, req: ScoreRequest, scale_max: int | None = None) -> list[JudgePrompt]:
         """The rendered prompts (and cache keys) this judge asks about one request."""
-        scale_max = self.source.scale_max if scale_max is None else scale_max
+        scale_max = self.scale_max if scale_max is None else scale_max
         values = dict(trait=req.trait, definition=req.definition, question=req.question, answer=req.response,
                       max_score=scale_max)
-        templates = [("trait", self.check_trait_prompt(req.eval_prompt, req.trait)), ("coherence", self._coherence)]
-        if self._relevance is not None:
-            templates.append(("relevance", self._relevance))
         jobs = []
-        for kind, tpl in templates:
+        for kind, tpl in self.templates_for(req):
             prompt = tpl.render(**values)
             key = cache_key(self.source.backend, self.source.model_id, prompt, top_logprobs=self.top_logprobs)
             jobs.append(JudgePrompt(kind, prompt, key, tpl.source))
@@ -149,10 +157,11 @@ class LogprobJudge:
         value = logprob_score(lp, 0, scale_max, self.min_weight)
         return None if value is None else value * 100.0 / scale_max
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore]:
+    def score_kinds(self, requests: Sequence[ScoreRequest]) -> list[tuple[dict[str, float | None], dict[str, Any]]]:
+        """Per request: {kind: 0-100 score or None} and the raw record of how each score was computed."""
         if not requests:
             return []
-        scale_max = self.source.scale_max
+        scale_max = self.scale_max
         per_request = [self.prompts_for(r, scale_max) for r in requests]
         prompts_by_key = {j.key: j.prompt for jobs in per_request for j in jobs}
         found, hits = self.fetch(prompts_by_key)
@@ -173,6 +182,47 @@ class LogprobJudge:
                     "key": j.key,
                     "prompt_source": j.source,
                 }
+            out.append((scores, raw))
+        return out
+
+
+class LogprobJudge(OneTokenJudge):
+    """A Scorer: trait score + coherence (+ relevance check) from one-token judge replies, cached."""
+
+    def __init__(
+        self,
+        source: LogprobSource,
+        *,
+        min_weight: float = 0.25,
+        top_logprobs: int = 20,
+        relevance_check: bool = False,
+        cache: ScoreCache | None = None,
+        prompts_dir: str | Path | None = None,
+        trait_prompt_path: str | Path | None = None,
+    ):
+        super().__init__(source, min_weight=min_weight, top_logprobs=top_logprobs, cache=cache,
+                         prompts_dir=prompts_dir)
+        self.relevance_check = relevance_check
+        self.trait_prompt_path = trait_prompt_path
+        # Load and check the shared templates now so a bad prompt file fails before any model loads.
+        self._coherence = resolve_template("coherence", prompts_dir=prompts_dir)
+        self._relevance = resolve_template("relevance", prompts_dir=prompts_dir) if relevance_check else None
+        self.check_trait_prompt(None)
+
+    def check_trait_prompt(self, eval_prompt: str | None, trait: str = "") -> PromptTemplate:
+        """Resolve (and so check) the trait prompt a request would use; call it before loading models."""
+        return resolve_template("trait_score", eval_prompt=eval_prompt, trait_prompt_path=self.trait_prompt_path,
+                                prompts_dir=self.prompts_dir, trait=trait)
+
+    def templates_for(self, req: ScoreRequest) -> list[tuple[str, PromptTemplate]]:
+        templates = [("trait", self.check_trait_prompt(req.eval_prompt, req.trait)), ("coherence", self._coherence)]
+        if self._relevance is not None:
+            templates.append(("relevance", self._relevance))
+        return templates
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore]:
+        out = []
+        for scores, raw in self.score_kinds(requests):
             coherence, capped = apply_relevance_rule(scores["coherence"], scores.get("relevance"))
             raw["coherence_capped_off_topic"] = capped
             out.append(JudgeScore(trait=scores["trait"], coherence=coherence, relevance=scores.get("relevance"),

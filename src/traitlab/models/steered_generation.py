@@ -32,7 +32,7 @@ from traitlab.config.schema import GenerationConfig
 from traitlab.core.components import base_model, get_decoder_layers, running_only_layers, uniform_attention
 from traitlab.core.hooks import PerSampleSteering
 from traitlab.models.batching import run_halving
-from traitlab.models.encoding import Encoded, encode, pad_id_of, pad_left, padded_positions
+from traitlab.models.encoding import Encoded, encode, pad_id_of, pad_left, position_ids_of
 from traitlab.models.generation import Generation, generate_padded
 from traitlab.models.loading import LoadedModel
 
@@ -110,7 +110,7 @@ def shared_prompt_cache(lm: LoadedModel, ids: Tensor, mask: Tensor, pick: Tensor
 
     n_layers = lm.n_layers
     pre_ids, pre_mask = ids[:, :-1], mask[:, :-1]
-    pos = padded_positions(pre_mask)  # as generate numbers a left-padded prompt (pad columns aside)
+    pos = position_ids_of(pre_mask)  # as generate numbers a left-padded prompt (pad columns aside)
     shared: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (keys, values) of the P prompts
     parts: list[tuple[list[int], int, dict[int, tuple[Tensor, Tensor]]]] = []  # (rows, branch layer, own kv)
     hidden: Tensor | None = None

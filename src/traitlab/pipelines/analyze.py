@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,33 +32,20 @@ from traitlab.core.analysis import (
     logit_lens,
     paired_cohens_d,
     token_deltas,
-    top_spans,
 )
 from traitlab.core.components import component_dim, unembedding
 from traitlab.core.layers import parse_layers
 from traitlab.core.vecmath import pairwise_cosine_matrix, pca
+from traitlab.data.texts import Source, load_source
 from traitlab.errors import ConfigError
-from traitlab.io import atomic_write_json, content_hash, read_json
-from traitlab.models.encoding import pad_id_of
+from traitlab.io import content_hash
+from traitlab.models.identity import identity_of, model_tags, vectors_key
 from traitlab.models.loading import LoadedModel, ModelSpec, load_model
-from traitlab.pipelines.common import model_key
-from traitlab.pipelines.infer import (
-    PROJECTIONS,
-    Source,
-    TraitVector,
-    build_record,
-    decode_tokens,
-    encode_items,
-    fill_responses,
-    load_source,
-    project_encoded,
-    resolve_traits,
-    response_scores,
-    score_items,
-    select_vectors,
-    trait_list,
-    vectors_by_layer,
-)
+from traitlab.monitor.records import response_scores, series_by_label, span_rows
+from traitlab.monitor.scoring import decode_tokens, encode_items, score_items
+from traitlab.monitor.vectors import TraitVector, resolve_traits, select_vectors, trait_list
+from traitlab.monitor.views import log_delta_views, read_run_records
+from traitlab.pipelines.common import fill_responses, model_key
 from traitlab.tracking.artifacts import FIGURES, TABLES, slug
 from traitlab.tracking.runs import JobRun, stage_run
 
@@ -136,23 +121,13 @@ def geometry(ctx: Context) -> None:
         for i, a in enumerate(names):
             for j, b in enumerate(names):
                 if i < j:
-                    rows.append(
-                        {
-                            "layer": layer,
-                            "trait_a": a,
-                            "trait_b": b,
-                            "cosine": float(mat[i, j]),
-                            "pc1_a": float(proj[i, 0]),
-                            "pc1_b": float(proj[j, 0]),
-                        }
-                    )
+                    rows.append({"layer": layer, "trait_a": a, "trait_b": b, "cosine": float(mat[i, j]),
+                                 "pc1_a": float(proj[i, 0]), "pc1_b": float(proj[j, 0])})
         done.append(layer)
         ctx.values.setdefault("cosine", {})[layer] = {"names": names, "matrix": mat.tolist()}
     if not done:
         have = {tv.trait: sorted(t.layer for t in ctx.vectors if t.trait == tv.trait) for tv in ctx.vectors}
-        raise ConfigError(
-            "layers", f"geometry needs >= 2 traits with vectors at one selected layer; selected: {have}"
-        )
+        raise ConfigError("layers", f"geometry needs >= 2 traits with vectors at one selected layer; selected: {have}")
     _table(ctx.run, rows, "geometry_cosine")
     ctx.values["layers"] = done
     ctx.values["headline"] = float(sum(abs(r["cosine"]) for r in rows) / len(rows))
@@ -162,33 +137,17 @@ def logit_lens_analysis(ctx: Context) -> None:
     assert ctx.lm is not None
     norm, weight = unembedding(ctx.lm.model)
     if weight.shape[1] != ctx.vectors[0].vector.shape[0]:
-        raise ConfigError(
-            "inference.component", "the logit lens needs residual-stream vectors (hidden-size wide)"
-        )
+        raise ConfigError("inference.component", "the logit lens needs residual-stream vectors (hidden-size wide)")
     rows, lines = [], []
     k = ctx.cfg.analysis.top_k
     for tv in ctx.vectors:
         res = logit_lens(tv.vector.to(weight.device), weight, norm, k)
-        for direction, ids, logits in (
-            ("+", res.top_ids, res.top_logits),
-            ("-", res.bottom_ids, res.bottom_logits),
-        ):
+        for direction, ids, logits in (("+", res.top_ids, res.top_logits), ("-", res.bottom_ids, res.bottom_logits)):
             toks = decode_tokens(ctx.lm.tokenizer, ids)
             for rank, (tid, tok, lg) in enumerate(zip(ids, toks, logits, strict=True)):
-                rows.append(
-                    {
-                        "trait": tv.trait,
-                        "layer": tv.layer,
-                        "direction": direction,
-                        "rank": rank,
-                        "token_id": tid,
-                        "token": tok,
-                        "logit": lg,
-                    }
-                )
-            lines.append(
-                f"| {tv.trait} | {tv.layer} | {direction} | " + " ".join(repr(t) for t in toks) + " |"
-            )
+                rows.append({"trait": tv.trait, "layer": tv.layer, "direction": direction, "rank": rank,
+                             "token_id": tid, "token": tok, "logit": lg})
+            lines.append(f"| {tv.trait} | {tv.layer} | {direction} | " + " ".join(repr(t) for t in toks) + " |")
         ctx.values.setdefault("top", {})[tv.label] = decode_tokens(ctx.lm.tokenizer, res.top_ids)
     _table(ctx.run, rows, "logit_lens")
     md = "| trait | layer | dir | tokens (strongest first) |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
@@ -204,20 +163,7 @@ def _records(ctx: Context) -> list[dict[str, Any]]:
     """Per-prompt records: downloaded from an inference run, or scored now with the selected vectors."""
     src = ctx.cfg.analysis.source_run
     if src:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                local = ctx.run.client.download_artifacts(src, PROJECTIONS, tmp)
-            except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run/path
-                raise ConfigError(
-                    "analysis.source_run",
-                    f"cannot read {PROJECTIONS}/ of run {src!r}: "
-                    f"{str(e).splitlines()[0]}; expected an inference run id",
-                ) from None
-            records = [read_json(p) for p in sorted(Path(local).glob("*.json"))]
-        if not records:
-            raise ConfigError(
-                "analysis.source_run", f"run {src!r} has no {PROJECTIONS}/*.json (not an inference run?)"
-            )
+        records = read_run_records(ctx.run.client, src, key="analysis.source_run")
         wanted = {tv.label for tv in ctx.vectors}
         have = sorted({f"{t} L{ly}" for r in records for t, d in r["traits"].items() for ly in d["layers"]})
         if not wanted & set(have):
@@ -230,32 +176,15 @@ def _records(ctx: Context) -> list[dict[str, Any]]:
             r["traits"] = {t: d for t, d in r["traits"].items() if d["layers"]}
         return records
     assert ctx.lm is not None and ctx.source is not None
-    items = (
-        ctx.source.items
-        if ctx.source.given_responses
-        else fill_responses(ctx.lm, ctx.source.items, ctx.inf, ctx.cfg.seed)
-    )
+    src_items = ctx.source.items
+    items = src_items if ctx.source.given_responses else fill_responses(ctx.lm, src_items, ctx.inf, ctx.cfg.seed)
     return score_items(ctx.lm, items, ctx.vectors, ctx.inf, source=ctx.source.name)
-
-
-def _series(records: Sequence[dict[str, Any]]) -> dict[str, list[torch.Tensor]]:
-    """{"trait Llayer": [response scores of each record]} over labels every record has."""
-    labels: dict[str, tuple[str, str]] = {}
-    for r in records:
-        for t, d in r["traits"].items():
-            for ly in d["layers"]:
-                labels.setdefault(f"{t} L{ly}", (t, ly))
-    return {
-        lab: [response_scores(r, t, ly) for r in records]
-        for lab, (t, ly) in labels.items()
-        if all(t in r["traits"] and ly in r["traits"][t]["layers"] for r in records)
-    }
 
 
 def correlation(ctx: Context) -> None:
     from traitlab.viz.figures import cosine_matrix_figure, trajectory_figure
 
-    series = {k: [s.nan_to_num(0.0) for s in v] for k, v in _series(_records(ctx)).items()}
+    series = {k: [s.nan_to_num(0.0) for s in v] for k, v in series_by_label(_records(ctx)).items()}
     if len(series) < 2:
         raise ConfigError("traits", f"correlation needs >= 2 trait x layer series, got {list(series)}")
     names, mat = correlation_matrix(series)
@@ -297,26 +226,17 @@ def dynamics_analysis(ctx: Context) -> None:
                     continue
                 dyn = dynamics(s)
                 peak = int(dyn["peak_velocity_index"])
-                rows.append(
-                    {
-                        "prompt_id": rec["prompt_id"],
-                        "trait": trait,
-                        "layer": int(ly),
-                        "mean_abs_velocity": dyn["mean_abs_velocity"],
-                        "mean_abs_acceleration": dyn["mean_abs_acceleration"],
-                        "peak_velocity_token": tokens[peak + 1] if peak + 1 < len(tokens) else "",
-                        "peak_velocity_index": peak + 1,
-                        "net_change": dyn["net_change"],
-                    }
-                )
+                rows.append({"prompt_id": rec["prompt_id"], "trait": trait, "layer": int(ly),
+                             "mean_abs_velocity": dyn["mean_abs_velocity"],
+                             "mean_abs_acceleration": dyn["mean_abs_acceleration"],
+                             "peak_velocity_token": tokens[peak + 1] if peak + 1 < len(tokens) else "",
+                             "peak_velocity_index": peak + 1, "net_change": dyn["net_change"]})
                 per_label.setdefault((trait, int(ly)), []).append(dyn["mean_abs_velocity"])
                 vel_series[f"{trait} L{ly}"] = [None] + dyn["velocity"].tolist()
                 acc_series[f"{trait} L{ly}"] = [None, None] + dyn["acceleration"].tolist()
         if n < ctx.cfg.analysis.max_figures and vel_series:
             for what, series in (("velocity", vel_series), ("acceleration", acc_series)):
-                fig = trajectory_figure(
-                    tokens, series, f"{rec['prompt_id']}: {what} of the {rec['score_mode']} score"
-                )
+                fig = trajectory_figure(tokens, series, f"{rec['prompt_id']}: {what} of the {rec['score_mode']} score")
                 fig.axes[0].set_ylabel(what, fontsize=8)
                 _fig(ctx.run, fig, f"dynamics/{slug(rec['prompt_id'])}_{what}")
     if not rows:
@@ -328,53 +248,20 @@ def dynamics_analysis(ctx: Context) -> None:
     ctx.values["headline"] = sum(r["mean_abs_velocity"] for r in rows) / len(rows)
 
 
-def _span_rows(
-    records: Sequence[dict[str, Any]],
-    seqs: list[torch.Tensor],
-    label: dict[str, Any],
-    window: int,
-    k: int,
-    largest: bool,
-) -> list[dict[str, Any]]:
-    rows = []
-    for rank, sp in enumerate(top_spans([s.nan_to_num(0.0) for s in seqs], window, k, largest=largest)):
-        rec = records[sp.seq]
-        start = rec["n_prompt_tokens"]
-        text = "".join(rec["tokens"][start + sp.start : start + sp.stop])
-        rows.append(
-            {
-                **label,
-                "direction": "top" if largest else "bottom",
-                "rank": rank,
-                "prompt_id": rec["prompt_id"],
-                "start": sp.start,
-                "stop": sp.stop,
-                "mean": sp.mean,
-                "text": text,
-            }
-        )
-    return rows
-
-
 def top_spans_analysis(ctx: Context) -> None:
     records = _records(ctx)
     a = ctx.cfg.analysis
     rows = []
-    for lab, seqs in _series(records).items():
+    for lab, seqs in series_by_label(records).items():
         trait, ly = lab.rsplit(" L", 1)
         for largest in (True, False):
-            rows.extend(
-                _span_rows(records, seqs, {"trait": trait, "layer": int(ly)}, a.window, a.top_n, largest)
-            )
+            rows.extend(span_rows(records, seqs, {"trait": trait, "layer": int(ly)}, a.window, a.top_n, largest))
     if not rows:
         raise ConfigError("prompt_set", "top_spans found no scored response tokens")
     _table(ctx.run, rows, "top_spans")
     md = ["| trait | layer | dir | rank | prompt | mean | text |", "|---|---|---|---|---|---|---|"]
-    md += [
-        f"| {r['trait']} | {r['layer']} | {r['direction']} | {r['rank']} | {r['prompt_id']} | "
-        f"{r['mean']:+.4f} | {r['text']!r} |"
-        for r in rows
-    ]
+    md += [f"| {r['trait']} | {r['layer']} | {r['direction']} | {r['rank']} | {r['prompt_id']} | "
+           f"{r['mean']:+.4f} | {r['text']!r} |" for r in rows]
     ctx.run.log_text("\n".join(md) + "\n", f"{TABLES}/top_spans.md")
     ctx.values["rows"] = rows
     ctx.values["headline"] = rows[0]["mean"]
@@ -388,26 +275,19 @@ def _same_spec(a: ModelSpec, b: ModelSpec) -> bool:
 
 
 def model_diff(ctx: Context) -> None:
-    from traitlab.viz.figures import model_diff_figure, trajectory_figure
+    from traitlab.viz.figures import model_diff_figure
 
     cfg, inf = ctx.cfg, ctx.inf
     assert ctx.lm is not None and ctx.source is not None
     lm_a = ctx.lm
     lm_b = lm_a if _same_spec(cfg.variant_a, cfg.variant_b) else load_model(cfg.variant_b)
-    if (lm_b.n_layers, component_dim(lm_b.model, inf.component)) != (
-        lm_a.n_layers,
-        component_dim(lm_a.model, inf.component),
-    ):
+    if (lm_b.n_layers, component_dim(lm_b.model, inf.component)) != (lm_a.n_layers, component_dim(lm_a.model, inf.component)):
         raise ConfigError(
             "variant_b",
             f"{lm_b.name} has a different shape ({lm_b.n_layers} layers) than "
             f"{lm_a.name} ({lm_a.n_layers}); model_diff compares variants of one model",
         )
-    items = (
-        ctx.source.items
-        if ctx.source.given_responses
-        else fill_responses(lm_a, ctx.source.items, inf, cfg.seed)
-    )
+    items = ctx.source.items if ctx.source.given_responses else fill_responses(lm_a, ctx.source.items, inf, cfg.seed)
     enc_a = encode_items(lm_a, items, inf.max_length)
     enc_b = enc_a if lm_b is lm_a else encode_items(lm_b, items, inf.max_length)
     if [e.ids for e in enc_a] != [e.ids for e in enc_b]:
@@ -415,37 +295,14 @@ def model_diff(ctx: Context) -> None:
             "variant_b",
             f"{lm_b.name} tokenizes the text differently from {lm_a.name}; model_diff needs one tokenizer",
         )
-    stacked, columns = vectors_by_layer(ctx.vectors)
 
-    def records_of(lm: LoadedModel) -> list[dict[str, Any]]:
-        scored = project_encoded(
-            lm.model,
-            enc_a,
-            stacked,
-            component=inf.component,
-            batch_size=inf.batch_size,
-            pad_id=pad_id_of(lm_a.tokenizer),
-            device=lm.device,
-        )
-        return [
-            build_record(
-                it,
-                decode_tokens(lm_a.tokenizer, s.token_ids),
-                s,
-                ctx.vectors,
-                columns,
-                model=lm.name,
-                source=ctx.source.name,
-                score_mode=inf.score_mode,
-                centered=inf.centered,
-                clean_massive=False,
-            )
-            for it, s in zip(items, scored, strict=True)
-        ]
+    def records_of(lm: LoadedModel) -> list[dict[str, Any]]:  # lm_a's tokens through either model
+        return score_items(lm, items, ctx.vectors, inf, source=ctx.source.name, encoded=enc_a,
+                           tokenizer=lm_a.tokenizer, clean_massive=False)
 
     rec_a, rec_b = records_of(lm_a), records_of(lm_b)
     d_by_trait: dict[str, dict[int, float]] = {}
-    rows, span_rows, deltas_out = [], [], []
+    rows, spans, deltas_out = [], [], []
     for tv in ctx.vectors:
         a_seqs = [response_scores(r, tv.trait, tv.layer) for r in rec_a]
         b_seqs = [response_scores(r, tv.trait, tv.layer) for r in rec_b]
@@ -455,62 +312,19 @@ def model_diff(ctx: Context) -> None:
         deltas = [token_deltas(a, b) for a, b in zip(a_seqs, b_seqs, strict=True)]
         mean_delta = float(torch.cat(deltas).nanmean())
         d_by_trait.setdefault(tv.trait, {})[tv.layer] = d
-        rows.append(
-            {
-                "trait": tv.trait,
-                "layer": tv.layer,
-                "cohens_d": d,
-                "mean_delta": mean_delta,
-                "mean_a": float(a_all.nanmean()),
-                "mean_b": float(b_all.nanmean()),
-                "n_tokens": int(keep.sum()),
-            }
-        )
+        rows.append({"trait": tv.trait, "layer": tv.layer, "cohens_d": d, "mean_delta": mean_delta,
+                     "mean_a": float(a_all.nanmean()), "mean_b": float(b_all.nanmean()), "n_tokens": int(keep.sum())})
         ctx.run.log_metric(f"cohens_d/{tv.trait}", d, step=tv.layer)
-        span_rows.extend(
-            _span_rows(
-                rec_a,
-                deltas,
-                {"trait": tv.trait, "layer": tv.layer},
-                cfg.analysis.window,
-                cfg.analysis.top_n,
-                largest=True,
-            )
-        )
+        spans.extend(span_rows(rec_a, deltas, {"trait": tv.trait, "layer": tv.layer}, cfg.analysis.window,
+                               cfg.analysis.top_n, largest=True))
         for r, dl in zip(rec_a, deltas, strict=True):
             deltas_out.append((r, tv, dl))
-    _fig(
-        ctx.run,
-        model_diff_figure(d_by_trait, f"model diff: {lm_b.name} vs {lm_a.name}"),
-        "model_diff/cohens_d",
-    )
+    _fig(ctx.run, model_diff_figure(d_by_trait, f"model diff: {lm_b.name} vs {lm_a.name}"), "model_diff/cohens_d")
     _table(ctx.run, rows, "model_diff")
-    _table(ctx.run, span_rows, "model_diff_top_spans")
-    with tempfile.TemporaryDirectory() as tmp:
-        per_prompt: dict[str, dict[str, Any]] = {}
-        for r, tv, dl in deltas_out:
-            entry = per_prompt.setdefault(
-                r["prompt_id"],
-                {
-                    "prompt_id": r["prompt_id"],
-                    "variant_a": lm_a.name,
-                    "variant_b": lm_b.name,
-                    "score_mode": inf.score_mode,
-                    "tokens": r["tokens"][r["n_prompt_tokens"] :],
-                    "deltas": {},
-                },
-            )
-            entry["deltas"][tv.label] = [None if math.isnan(x) else x for x in dl.tolist()]
-        for n, (pid, entry) in enumerate(per_prompt.items()):
-            atomic_write_json(Path(tmp) / "model_diff" / f"{slug(pid)}.json", entry)
-            if n < cfg.analysis.max_figures and entry["tokens"]:
-                fig = trajectory_figure(
-                    entry["tokens"], entry["deltas"], f"{pid}: per-token delta ({lm_b.name} − {lm_a.name})"
-                )
-                fig.axes[0].set_ylabel("score delta", fontsize=8)
-                fig.savefig(Path(tmp) / "model_diff" / f"{slug(pid)}.png", dpi=110)
-        ctx.run.log_artifacts(tmp)
-    ctx.values.update(d=d_by_trait, rows=rows, spans=span_rows)
+    _table(ctx.run, spans, "model_diff_top_spans")
+    log_delta_views(ctx.run, deltas_out, variant_a=lm_a.name, variant_b=lm_b.name, score_mode=inf.score_mode,
+                    max_figures=cfg.analysis.max_figures)
+    ctx.values.update(d=d_by_trait, rows=rows, spans=spans)
     ctx.values["headline"] = max((abs(r["cohens_d"]) for r in rows), default=0.0)
 
 
@@ -559,30 +373,19 @@ def run_analyze(
     if lm is None and (name in _NEEDS_MODEL or fresh):
         lm = load_model(cfg.variant_a if name == "model_diff" else cfg.model)
     tracking = {"experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
-    traits = resolve_traits(cfg.traits, cfg.model.name, **tracking)
+    traits = resolve_traits(cfg.traits, vectors_key(cfg.model), **tracking)
     n_layers, dim = _n_layers_and_dim(cfg, lm)
-    vectors = select_vectors(traits, cfg.model.name, cfg.layers, n_layers, cfg.inference, dim=dim, **tracking)
-    key = content_hash(
-        "analyze-v1",
-        name,
-        asdict(cfg.analysis),
-        asdict(cfg.inference),
-        [(tv.trait, tv.layer, tv.ref.run_id, tv.ref.method, tv.ref.position) for tv in vectors],
-        source.fingerprint() if source else None,
-        model_key(lm) if lm is not None else cfg.model.name,
-        asdict(cfg.variant_b) if name == "model_diff" else None,
-        cfg.seed,
-    )
-    tags = {
-        "traitlab.stage": "analyze",
-        "analysis": name,
-        "model": cfg.model.name,
-        "traits": ",".join(sorted({tv.trait for tv in vectors}))[:5000],
-        "layers": ",".join(map(str, sorted({tv.layer for tv in vectors}))),
-        "component": cfg.inference.component,
-    }
+    vectors = select_vectors(traits, vectors_key(cfg.model), cfg.layers, n_layers, cfg.inference, dim=dim, **tracking)
+    key = content_hash("analyze-v1", name, asdict(cfg.analysis), asdict(cfg.inference),
+                       [(tv.trait, tv.layer, tv.ref.run_id, tv.ref.method, tv.ref.position) for tv in vectors],
+                       source.fingerprint() if source else None, model_key(lm) if lm is not None else vectors_key(cfg.model),
+                       asdict(cfg.variant_b) if name == "model_diff" else None, cfg.seed)
+    tags = {"traitlab.stage": "analyze", "analysis": name, **model_tags(cfg.model),
+            "traits": ",".join(sorted({tv.trait for tv in vectors}))[:5000],
+            "layers": ",".join(map(str, sorted({tv.layer for tv in vectors}))), "component": cfg.inference.component}
     if name == "model_diff":
-        tags.update(variant_a=cfg.variant_a.name, variant_b=cfg.variant_b.name)
+        tags.update(variant_a=identity_of(cfg.variant_a).key, variant_b=identity_of(cfg.variant_b).key,
+                    variant_a_name=cfg.variant_a.name, variant_b_name=cfg.variant_b.name)
     if cfg.analysis.source_run:
         tags["source_run"] = cfg.analysis.source_run
     run_name = cfg.tracking.run_name or f"analyze-{name}"

@@ -1,4 +1,4 @@
-"""Pieces several stages share: model identity for cache keys, chat-formatting examples, cached
+"""Pieces several stages share: the cache key of a loaded model, chat-formatting examples, cached
 responses and cached pooled activations (content-addressed, atomic, locked per key)."""
 
 from __future__ import annotations
@@ -7,50 +7,47 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
 
 from traitlab import faults
+from traitlab.config.export import VectorSourceConfig
 from traitlab.config.schema import GenerationConfig
-from traitlab.data import Example
-from traitlab.errors import DataError
+from traitlab.data import Example, load_trait, resolve_trait_dir
+from traitlab.data.texts import TextItem
+from traitlab.errors import ConfigError, DataError
 from traitlab.io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from traitlab.models.capture import TextPair, capture_pooled
-from traitlab.models.chat import format_prompt
+from traitlab.models.chat import PromptLayout, format_conversation, format_prompt
 from traitlab.models.generation import generate_texts
-from traitlab.models.loading import LoadedModel
+from traitlab.models.identity import vectors_key
+from traitlab.models.loading import LoadedModel, model_config, validate_spec
+from traitlab.models.segments import thinking_chars
 from traitlab.paths import cache_dir
+from traitlab.tracking.registry import layer_vectors
 
 log = logging.getLogger(__name__)
 
 
-def _adapter_digest(lora: str | None) -> str | None:
-    """Hash of a local LoRA adapter's files, so retraining an adapter in place invalidates its caches."""
-    if not lora:
-        return None
-    d = Path(lora).expanduser()
-    if not d.is_dir():
-        return lora
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(d.glob("adapter_*")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def model_key(lm: LoadedModel) -> str:
-    s = lm.spec
-    parts = [s.id, s.gguf_file, s.revision, s.quantization, s.lora, str(lm.dtype), lm.use_chat_template]
-    if s.lora:
-        parts.append(_adapter_digest(s.lora))
-    return content_hash("model-v1", *parts)
+    """Cache key of a loaded model: its identity (weights, quantization, adapter; models/identity.py) plus what
+    changes its activations without changing the identity (dtype, chat template on or off)."""
+    return content_hash("model-v2", lm.identity.key, str(lm.dtype), lm.use_chat_template)
 
 
 def prompt_texts(lm: LoadedModel, examples: Sequence[Example]) -> list[str]:
-    return [format_prompt(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template) for e in examples]
+    return [format_prompt(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template, e.history)
+            for e in examples]
+
+
+def prompt_layouts(lm: LoadedModel, examples: Sequence[Example], responses: Sequence[str]) -> list[PromptLayout]:
+    """Formatted prompts with where their parts sit. A response that holds a thinking block is read in thinking
+    mode (the template then leaves the reasoning open for it instead of closing an empty block)."""
+    return [format_conversation(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template, e.history,
+                                thinking=thinking_chars(r or "") is not None)
+            for e, r in zip(examples, responses, strict=True)]
 
 
 def _locked(path: Path) -> FileLock:
@@ -94,8 +91,9 @@ def pooled_activations(
     layers: Sequence[int], batch_size: int, max_length: int, desc: str = "capture",
 ) -> torch.Tensor:
     """[N, len(layers), D] float32, cached by (model, texts, position, component, layers, max_length)."""
-    texts = prompt_texts(lm, examples)
-    key = content_hash("acts-v2", model_key(lm), texts, list(responses), position, component, list(layers),
+    layouts = prompt_layouts(lm, examples, responses)
+    texts = [lay.text for lay in layouts]
+    key = content_hash("acts-v1", model_key(lm), texts, list(responses), position, component, list(layers),
                        max_length)
     path = cache_dir() / "activations" / f"{key}.safetensors"
     with _locked(path):
@@ -108,9 +106,175 @@ def pooled_activations(
             except (DataError, KeyError):
                 pass
             log.warning("%s is damaged or stale: recapturing", path)
-        pairs = [TextPair(t, r) for t, r in zip(texts, responses, strict=True)]
+        pairs = [TextPair(lay.text, r, lay) for lay, r in zip(layouts, responses, strict=True)]
         acts = capture_pooled(lm, pairs, position=position, layers=layers, component=component,
                               batch_size=batch_size, max_length=max_length, desc=desc)
         faults.maybe_fail("capture")
         save_tensors(path, {"acts": acts}, {"position": position, "component": component})
     return acts
+
+
+def source_vectors(cfg: VectorSourceConfig) -> tuple[dict[int, torch.Tensor], dict[str, Any], Any]:
+    """The configured vectors, their provenance and the model's (text) config, before any weights load."""
+    validate_spec(cfg.model)
+    conf = model_config(cfg.model)
+    trait = None if cfg.vector_file else load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path)).qualified_name
+    component = cfg.component.name
+    dim = conf.hidden_size if component == "residual" else None
+    vectors, prov = layer_vectors(trait, vectors_key(cfg.model), cfg.layers, conf.num_hidden_layers, files=cfg.vector_file,
+                                  dim=dim, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri,
+                                  method=cfg.method.name if cfg.method else None,
+                                  position=cfg.position.spec if cfg.position else None, component=component)
+    wrong = sorted({r["component"] for r in prov["vectors"] if r.get("component", component) != component})
+    if wrong:
+        raise ConfigError("vector_file", f"vectors of component {wrong} but component={component}")
+    prov.update(model_id=cfg.model.id, component=component)
+    return vectors, prov, conf
+
+
+def fill_responses(
+    lm: LoadedModel, items: Sequence[TextItem], inf: Any, seed: int
+) -> list[TextItem]:
+    """Items with responses: given ones kept, the rest generated (greedy/seeded, cached on disk)."""
+    examples = [Example(it.prompt, it.system_prompt, it.response) for it in items]
+    texts = responses_for(lm, examples, inf.generation, seed, use_provided=True, desc="generate")
+    return [TextItem(it.id, it.prompt, it.system_prompt, t) for it, t in zip(items, texts, strict=True)]
+
+
+def _param(params: dict[str, str], key: str, default: Any) -> Any:
+    """A logged config value, typed like its default (params are stored as strings)."""
+    raw = params.get(key)
+    if raw is None or raw == "None" or raw == "***":  # *** : redacted by an older run (assume the default)
+        return default
+    if isinstance(default, bool):
+        return raw == "True"
+    return type(default)(raw) if default is not None else raw
+
+
+def training_projections(lm: LoadedModel, vector: Any, *, experiment: str, uri: str | None) -> dict[int, torch.Tensor]:
+    """Per layer, the projections onto the unit direction of the training examples (positive and negative)
+    the vector was extracted from: same trait files, position, component, responses and held-out split as
+    the extraction run (its logged settings), so the pooled activations come from the extraction's cache."""
+    from traitlab.config.schema import ExtractionConfig
+    from traitlab.data import load_trait, resolve_trait_dir
+    from traitlab.data.splits import split_indices
+    from traitlab.errors import ConfigError
+    from traitlab.tracking.store import ensure_store
+
+    if not vector.trait or not vector.position or not vector.source_run:
+        raise ConfigError("mode", f"{vector.label}: cap needs the vector's trait, position and extraction run "
+                                  "(a registry vector, or a file saved from one)")
+    client, _ = ensure_store(uri, experiment)
+    run = client.get_run(vector.source_run.split(",")[0])
+    params = run.data.params
+    extracted = sorted(int(x) for x in run.data.tags.get("layers", "").split(",") if x)
+    layers = extracted if set(vector.layers) <= set(extracted) else vector.layers  # the extraction's cache key
+    ex = ExtractionConfig()
+    gen = GenerationConfig(**{k: _param(params, f"extraction.generation.{k}", v)
+                              for k, v in asdict(ex.generation).items()})
+    seed = _param(params, "seed", 42)
+    trait = load_trait(resolve_trait_dir(vector.trait, _param(params, "trait.path", None)))
+    if not trait.negative:
+        raise ConfigError("mode", f"{vector.trait} has no negative examples; cap needs the training projections")
+    acts = {}
+    for name in ("positive", "negative"):
+        examples = getattr(trait, name)
+        responses = responses_for(lm, examples, gen, seed, _param(params, "extraction.use_provided_responses", True),
+                                  desc=f"generate {name}")
+        acts[name] = pooled_activations(lm, examples, responses, position=vector.position, component=vector.component,
+                                        layers=layers, batch_size=_param(params, "extraction.batch_size", 16),
+                                        max_length=_param(params, "extraction.max_length", 512), desc=f"capture {name}")
+    split = split_indices(len(trait.positive), len(trait.negative), _param(params, "extraction.val_split", 0.1), seed,
+                          trait.paired)
+    train = torch.cat([acts["positive"][split["train_pos"]], acts["negative"][split["train_neg"]]])  # [N, L, D]
+    return {layer: train[:, layers.index(layer)].float() @ (vector[layer] / vector[layer].norm())
+            for layer in vector.layers}
+
+
+# ------------------------------------------------------------------- steering + monitoring (generate, chat)
+
+
+def conversation_text(lm: LoadedModel, messages: Sequence[dict[str, str]]) -> str:
+    """The model's text for a conversation: one user turn (after an optional system prompt) exactly as every
+    stage formats a prompt (format_prompt), longer conversations through format_messages."""
+    from traitlab.models.chat import format_messages
+
+    turns = [m for m in messages if m["role"] != "system"]
+    if len(turns) == 1:
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        return format_prompt(lm.tokenizer, turns[0]["content"], system, lm.use_chat_template)
+    return format_messages(lm.tokenizer, list(messages), lm.use_chat_template)
+
+
+def steering_setup(cfg: Any) -> Any:
+    """The vectors, weights, coefficient and mode of a generate/chat config, resolved and checked before the
+    model loads (registry lookups, files, coefficient=best needs a steering result for every steered layer)."""
+    from traitlab.errors import ConfigError
+    from traitlab.monitor.vectors import trait_list
+    from traitlab.steering_vector import SteeringSetup, SteeringVector
+
+    specs = trait_list(cfg.vectors, key="vectors")
+    if not specs:
+        raise ConfigError("vectors", "name at least one vector: a trait, run:<id> or a .safetensors file")
+    weights = trait_list(cfg.weights, key="weights")
+    try:
+        weights = [float(w) for w in weights] if weights is not None else None
+    except ValueError:
+        raise ConfigError("weights", f"{cfg.weights!r}: expected numbers, e.g. '1,0.5'") from None
+    if not 0 < cfg.cap.quantile < 1:
+        raise ConfigError("cap.quantile", f"{cfg.cap.quantile} must be in (0, 1)")
+    registry = {"method": cfg.method, "position": cfg.position, "component": cfg.component,
+                "experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
+    vectors = [SteeringVector.from_spec(s, vectors_key(cfg.model), cfg.layers, **registry) for s in specs]
+    return SteeringSetup(vectors, weights, cfg.coefficient, cfg.mode, cap=cfg.cap.side)
+
+
+def set_cap_thresholds(lm: LoadedModel, setup: Any, quantile: float, *, experiment: str, uri: str | None) -> None:
+    """mode=cap: each vector's threshold per layer = ``quantile`` of its training projections."""
+    if setup.mode != "cap":
+        return
+    setup.thresholds = [{layer: float(torch.quantile(p, quantile))
+                         for layer, p in training_projections(lm, v, experiment=experiment, uri=uri).items()}
+                        for v in setup.vectors]
+
+
+def _monitor_filters(cfg: Any) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(component=cfg.component, method=None, position=None)
+
+
+def check_monitored(cfg: Any) -> None:
+    """Before the model loads: every trait named in ``monitor`` has registered vectors."""
+    from traitlab.monitor.vectors import require_vectors, trait_list
+
+    named = trait_list(cfg.monitor, key="monitor")
+    if named:
+        require_vectors(named, vectors_key(cfg.model), _monitor_filters(cfg), experiment=cfg.tracking.experiment,
+                        uri=cfg.tracking.uri, key="monitor")
+
+
+def monitored_vectors(cfg: Any, setup: Any, lm: LoadedModel) -> list[Any]:
+    """The (trait, layer) vectors watched per token: ``monitor`` traits (default: the steered ones) from the
+    registry at ``monitor_layers``; a steered vector whose trait has no registered vectors is watched itself."""
+    from traitlab.core.components import component_dim
+    from traitlab.monitor.vectors import TraitVector, select_vectors, trait_list
+    from traitlab.tracking.registry import VectorRef, find_vectors
+
+    tracking = {"experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
+    named = trait_list(cfg.monitor, key="monitor")
+    if named is not None:
+        check_monitored(cfg)
+        registered, own = list(dict.fromkeys(named)), []
+    else:
+        steered = list(dict.fromkeys(v.trait for v in setup.vectors if v.trait))
+        registered = [t for t in steered if find_vectors(t, vectors_key(lm.spec), component=cfg.component, **tracking)]
+        own = [v for v in setup.vectors if v.trait not in registered]
+    chosen = select_vectors(registered, vectors_key(lm.spec), cfg.monitor_layers, lm.n_layers, _monitor_filters(cfg),
+                            dim=component_dim(lm.model, cfg.component), **tracking) if registered else []
+    for v in own:
+        for layer in v.layers:
+            ref = VectorRef(v.source_run or "file", v.trait or "vector", vectors_key(lm.spec), v.method or "", v.component,
+                            v.position or "", layer)
+            chosen.append(TraitVector(v.trait or "vector", layer, ref, v[layer], float("nan"), "steered vector"))
+    return chosen

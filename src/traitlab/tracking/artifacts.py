@@ -20,12 +20,20 @@ VECTORS = "vectors"
 FIGURES = "figures"
 TABLES = "tables"
 VIEWS = "views"
+# Scored runs (infer, generate): projections/<prompt>.json holds tokens + every score; views/ the HTML pages.
+PROJECTIONS = "projections"
+INDEX_PAGE = f"{VIEWS}/index.html"
+MASSIVE_ARTIFACT = "massive/calibration.json"
 
 
 def slug(text: str) -> str:
     """'response[:5]' -> 'response_5'; stable, filesystem- and URL-safe."""
     s = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
     return s or "x"
+
+
+def view_page(prompt_slug: str) -> str:
+    return f"{VIEWS}/prompts/{prompt_slug}.html"
 
 
 def vector_dir(component: str, position: str, method: str) -> str:

@@ -1,5 +1,9 @@
 """MLflow is the vector registry: find vectors of past runs by trait/model/method/layer, pick the best.
 
+`model` is matched against the runs' `model` tag, a model identity key (models/identity.py). Every function
+here takes that key, or a ModelSpec / LoadedModel (its identity, or `model.vectors_from`'s when set), or a
+model name / Hub id / directory (that model without adapter or quantization).
+
 Best-vector order (as validated in the literature on steering): a coherent steering delta beats an
 out-of-distribution effect size, which beats the in-distribution held-out effect size.
 """
@@ -7,23 +11,35 @@ out-of-distribution effect size, which beats the in-distribution held-out effect
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from traitlab.errors import DataError
+from traitlab.core.layers import parse_layers
+from traitlab.errors import ConfigError, DataError
+from traitlab.models.identity import registry_key
 from traitlab.paths import cache_dir
 from traitlab.tracking.artifacts import load_vector, vector_path
+from traitlab.tracking.names import LAYER, layer_metric
 from traitlab.tracking.store import RetryingClient, ensure_store
 
 log = logging.getLogger(__name__)
 
 
+# Per-layer extraction metrics a VectorRef carries, logged as `layer/<name>` (step = layer) by stage 1.
+LAYER_METRICS = ("val_accuracy", "val_effect_size", "ood_effect_size", "cv_accuracy", "cv_effect_size", "baseline")
+
+
 @dataclass
 class VectorRef:
+    """One extracted vector. `metrics` holds the LAYER_METRICS defined at its layer, by their bare names
+    (val_effect_size, ...); an undefined (NaN) statistic is absent, so `name in ref.metrics` means usable."""
+
     run_id: str
     trait: str
     model: str
@@ -52,9 +68,17 @@ def _layer_metrics(client: RetryingClient, run_id: str, names: list[str]) -> dic
     return out
 
 
+def _extraction_metrics(client: RetryingClient, run_id: str) -> dict[int, dict[str, float]]:
+    """LAYER_METRICS per layer, bare names, NaN left out; runs logged before the `layer/` names are read as such."""
+    per = _layer_metrics(client, run_id, [layer_metric(n) for n in LAYER_METRICS])
+    if not per:
+        per = _layer_metrics(client, run_id, list(LAYER_METRICS))
+    return {lyr: {k.removeprefix(LAYER): v for k, v in m.items() if math.isfinite(v)} for lyr, m in per.items()}
+
+
 def find_vectors(
     trait: str,
-    model: str,
+    model: Any,
     *,
     method: str | None = None,
     component: str | None = None,
@@ -64,6 +88,7 @@ def find_vectors(
     uri: str | None = None,
 ) -> list[VectorRef]:
     """All extracted vectors matching the filters (newest run first), with their per-layer metrics."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = ["tags.`traitlab.stage` = 'extract'", f"tags.trait = '{_q(trait)}'", f"tags.model = '{_q(model)}'",
             "attributes.status = 'FINISHED'"]
@@ -76,8 +101,7 @@ def find_vectors(
     seen: set[tuple[str, str, str, int]] = set()
     for r in runs:
         tags = r.data.tags
-        per_layer = _layer_metrics(client, r.info.run_id, ["val_accuracy", "val_effect_size", "ood_effect_size",
-                                                             "baseline"])
+        per_layer = _extraction_metrics(client, r.info.run_id)
         for lyr in sorted(int(x) for x in tags.get("layers", "").split(",") if x != ""):
             if layer is not None and lyr != layer:
                 continue
@@ -90,8 +114,9 @@ def find_vectors(
     return refs
 
 
-def traits_with_vectors(model: str, *, experiment: str = "traitlab", uri: str | None = None) -> list[str]:
+def traits_with_vectors(model: Any, *, experiment: str = "traitlab", uri: str | None = None) -> list[str]:
     """Every trait with at least one finished extraction run for this model, sorted."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = (f"tags.`traitlab.stage` = 'extract' and tags.model = '{_q(model)}' "
             "and attributes.status = 'FINISHED'")
@@ -120,9 +145,10 @@ def fetch_vector(ref: VectorRef, uri: str | None = None, experiment: str = "trai
     return v
 
 
-def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
+def steering_results(trait: str, model: Any, *, experiment: str = "traitlab",
                      uri: str | None = None) -> list[dict[str, float | str | int]]:
     """Per-layer best coherent steering deltas logged by the steering stage."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = (f"tags.`traitlab.stage` = 'steer' and tags.trait = '{_q(trait)}' and tags.model = '{_q(model)}' "
             "and attributes.status = 'FINISHED'")
@@ -137,9 +163,10 @@ def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
     return rows
 
 
-def best_vector(trait: str, model: str, *, experiment: str = "traitlab", uri: str | None = None,
+def best_vector(trait: str, model: Any, *, experiment: str = "traitlab", uri: str | None = None,
                 **filters: str) -> VectorRef | None:
     """Walk steering delta (coherent) > OOD effect size > in-distribution effect size."""
+    model = registry_key(model)
     refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
     if not refs:
         return None
@@ -158,3 +185,92 @@ def best_vector(trait: str, model: str, *, experiment: str = "traitlab", uri: st
             ref.source, ref.score = metric, ref.metrics[metric]
             return ref
     return refs[0]
+
+
+def no_vectors_error(trait: str, model: Any, experiment: str, filters: dict[str, str],
+                     key: str = "traits") -> ConfigError:
+    """The one message for "this trait has no vectors here": what was searched and how to make some."""
+    from traitlab.models.identity import VARIANT_HINT
+
+    what = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
+    return ConfigError(
+        key,
+        f"no vectors of trait {trait!r} ({what}) for model {registry_key(model)!r} in experiment "
+        f"{experiment!r}; extract first: python launchers/extract.py trait={trait}{VARIANT_HINT}",
+    )
+
+
+def refs_at_layers(trait: str, model: Any, layers: Any, n_layers: int, *, experiment: str = "traitlab",
+                   uri: str | None = None, **filters: str | None) -> list[tuple[VectorRef, str]]:
+    """One vector per layer of the layer spec ``layers`` (``best`` = the best vector's layer), with why.
+
+    At the best layer the best vector is taken (why = its source); at other layers the vector of the best
+    vector's method/position is preferred, else the one with the highest held-out effect size (why =
+    "layer"). Layers with no vector are skipped with a warning; none at all is a ConfigError.
+    """
+    filters = {k: v for k, v in filters.items() if v is not None}
+    model = registry_key(model)
+    best = best_vector(trait, model, experiment=experiment, uri=uri, **filters)
+    if best is None:
+        raise no_vectors_error(trait, model, experiment, filters)
+    refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
+    wanted = parse_layers(layers, n_layers, best=best.layer)
+    chosen: list[tuple[VectorRef, str]] = []
+    missing = []
+    for layer in wanted:
+        if layer == best.layer:
+            chosen.append((best, best.source))
+            continue
+        here = [r for r in refs if r.layer == layer]
+        same = [r for r in here if (r.method, r.position) == (best.method, best.position)]
+        here.sort(key=lambda r: -r.metrics.get("val_effect_size", float("-inf")))
+        if same or here:
+            chosen.append(((same or here)[0], "layer"))
+        else:
+            missing.append(layer)
+    if missing:
+        have = sorted({r.layer for r in refs})
+        if len(missing) == len(wanted):
+            raise ConfigError("layers", f"{layers!r} selects layers {wanted} for trait {trait!r} (best = "
+                                        f"{best.layer}) but its vectors are at layers {have}")
+        log.warning("%s: no vector at layers %s (vectors at %s): skipped", trait, missing, have)
+    return chosen
+
+
+def layer_vectors(trait: str | None, model: Any, layers: Any, n_layers: int, *, files: Any = None,
+                  dim: int | None = None, experiment: str = "traitlab", uri: str | None = None,
+                  **filters: str | None) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+    """``({layer: vector}, provenance)`` from vector files when ``files`` is given, else from the registry
+    (``refs_at_layers``). Every vector is float32 and, with ``dim``, checked to have that width."""
+    if files:
+        return _file_vectors([files] if isinstance(files, str | Path) else list(files), dim)
+    if trait is None:
+        raise ConfigError("trait", "give a trait (trait=starter/optimism) or vector_file=<file.safetensors>")
+    vectors: dict[int, torch.Tensor] = {}
+    rows = []
+    model = registry_key(model)
+    for ref, why in refs_at_layers(trait, model, layers, n_layers, experiment=experiment, uri=uri, **filters):
+        vectors[ref.layer] = fetch_vector(ref, uri=uri, experiment=experiment, expected_dim=dim).float()
+        rows.append({"layer": ref.layer, "run_id": ref.run_id, "method": ref.method, "component": ref.component,
+                     "position": ref.position, "selection": why})
+    return vectors, {"source": "registry", "trait": trait, "model": model, "layers": sorted(vectors),
+                     "vectors": rows}
+
+
+def _file_vectors(paths: list[Any], dim: int | None) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+    vectors: dict[int, torch.Tensor] = {}
+    rows = []
+    for p in paths:
+        v, meta = load_vector(Path(str(p)).expanduser(), dim)
+        if "layer" not in meta:
+            raise DataError(p, "no 'layer' in the file's metadata; expected a traitlab vector file "
+                               "(vectors/<component>/<position>/<method>/layer_NNN.safetensors)")
+        layer = int(meta["layer"])
+        if layer in vectors:
+            raise DataError(p, f"a second vector for layer {layer}; give one file per layer")
+        vectors[layer] = v.float()
+        rows.append({"layer": layer, "file": str(p), **{k: meta[k] for k in ("trait", "model", "method",
+                                                                             "component", "position")
+                                                         if k in meta}})
+    traits = sorted({r["trait"] for r in rows if "trait" in r})
+    return vectors, {"source": "files", "trait": ",".join(traits), "layers": sorted(vectors), "vectors": rows}

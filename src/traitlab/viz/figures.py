@@ -23,10 +23,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
+from traitlab.core.side_effects import EntanglementMatrix, pareto_front
 from traitlab.errors import TraitlabError
 
 __all__ = [
     "cosine_matrix_figure",
+    "entanglement_figure",
+    "frontier_figure",
     "layer_curve_figure",
     "layer_method_heatmap",
     "model_diff_figure",
@@ -367,21 +370,28 @@ def trait_token_heatmap(
     return fig
 
 
-def _layer_lines(ax: Any, curves: Mapping[str, Mapping[int, float | None]]) -> list[int]:
+def _layer_lines(ax: Any, curves: Mapping[str, Mapping[int, float | None]],
+                 bands: Mapping[str, Mapping[int, tuple[float, float]]] | None = None) -> list[int]:
     layers = _per_key_layers(curves, "metric_by_layer")
     for name, per in curves.items():
         xs = sorted(int(layer) for layer in per)
         ys = _floats(per[layer] if layer in per else per[str(layer)] for layer in xs)
-        ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.1, label=_text(name, 24))
+        line = ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.1, label=_text(name, 24))[0]
+        band = (bands or {}).get(name)
+        if band:
+            bx = [x for x in xs if x in band]
+            lo, hi = _floats(band[x][0] for x in bx), _floats(band[x][1] for x in bx)
+            ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
     step = max(1, math.ceil(len(layers) / 30))
     ax.set_xticks(layers[::step], [str(layer) for layer in layers[::step]], fontsize=TICK_FONT)
     return layers
 
 
-def layer_curve_figure(metric_by_layer: Mapping[str, Mapping[int, float | None]], metric: str) -> Figure:
-    """One line per trait/method: a metric against layer index."""
+def layer_curve_figure(metric_by_layer: Mapping[str, Mapping[int, float | None]], metric: str,
+                       bands: Mapping[str, Mapping[int, tuple[float, float]]] | None = None) -> Figure:
+    """One line per trait/method: a metric against layer index; `bands` shades each line's 95% interval."""
     fig, ax = _new_figure(5.2, 3.2)
-    _layer_lines(ax, metric_by_layer)
+    _layer_lines(ax, metric_by_layer, bands)
     _style(ax, f"{metric} by layer", "layer", _text(metric, 40))
     ax.grid(alpha=0.3, linewidth=0.5)
     _legend(ax, len(metric_by_layer))
@@ -398,4 +408,120 @@ def model_diff_figure(
     _style(ax, title or "model diff: Cohen's d per layer", "layer", "Cohen's d (variant − base)")
     ax.grid(alpha=0.3, linewidth=0.5)
     _legend(ax, len(d_by_layer))
+    return fig
+
+
+def entanglement_figure(matrix: EntanglementMatrix, title: str | None = None) -> Figure:
+    """Steered trait (rows) x measured trait (columns) shift heatmap, diverging around 0.
+
+    Each cell shows its shift and 95% interval; cells whose interval includes 0 are hatched and their
+    numbers grey (noise, not an effect); the diagonal (the intended effect) is outlined; unmeasured cells
+    are blank.
+    """
+    names = matrix.traits
+    k = len(names)
+    if k == 0:
+        raise FigureDataError("entanglement_figure got an empty matrix; expected at least one trait")
+    grid = np.asarray(matrix.delta, dtype=float)
+    if grid.shape != (k, k):
+        raise FigureDataError(f"delta has shape {grid.shape}; expected ({k}, {k}) for {k} traits")
+    sure = matrix.excludes_zero()
+    lim = _sym_limit(grid)
+    size = min(12.0, 2.6 + 0.9 * k)
+    fig, ax = _new_figure(size + 1.2, size, layout="compressed")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim),
+                   interpolation="nearest")
+    for i in range(k):
+        for j in range(k):
+            if not np.isfinite(grid[i, j]):
+                continue
+            if not sure[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////", edgecolor="#999",
+                                       linewidth=0))
+            if k <= 10:
+                label = f"{grid[i, j]:+.2g}"
+                if np.isfinite(matrix.low[i, j]) and np.isfinite(matrix.high[i, j]):
+                    label += f"\n[{matrix.low[i, j]:+.2g}, {matrix.high[i, j]:+.2g}]"
+                strong = abs(grid[i, j]) > 0.6 * lim
+                colour = ("white" if strong else "black") if sure[i, j] else "#777"
+                ax.text(j, i, label, ha="center", va="center", fontsize=TICK_FONT - 1, color=colour)
+        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.4))
+    labels = [_text(t, 20) for t in names]
+    ax.set_xticks(range(k), labels, rotation=90, fontsize=TICK_FONT)
+    ax.set_yticks(range(k), labels, fontsize=TICK_FONT)
+    _style(ax, title or f"entanglement: {matrix.measure} of each trait (hatched: 95% interval includes 0)",
+           f"measured trait ({matrix.measure})", "steered vector's trait")
+    cbar = fig.colorbar(im, ax=ax, shrink=0.85)
+    cbar.ax.tick_params(labelsize=TICK_FONT)
+    cbar.set_label(f"{_text(matrix.measure, 30)} (steered − unsteered)", fontsize=LABEL_FONT)
+    return fig
+
+
+def frontier_figure(
+    trials: Sequence[Mapping[str, Any]],
+    title: str,
+    *,
+    threshold: float | None = None,
+    chosen: int | None = None,
+    unsteered: Mapping[str, float | None] | None = None,
+    prompted: Mapping[str, float | None] | None = None,
+) -> Figure:
+    """The trade-off of a steering study: capability (x) against trait delta (y), coloured by coherence.
+
+    ``trials``: ``{"delta", "coherence", "capability"}`` per trial, optionally ``capability_low/high`` (its
+    95% interval, drawn as a horizontal bar). Trials with coherence >= ``threshold`` are filled circles, the
+    rest crosses; the Pareto front of the coherent trials (no other coherent trial has both more capability
+    and more delta) is a line. ``chosen`` (an index into ``trials``) is a gold star. ``unsteered`` and
+    ``prompted`` are ``{"delta", "capability"}``: the unsteered model sits at delta 0; the prompted baseline
+    (a system prompt asking for the trait) is a diamond, or a dashed line at its delta when its capability
+    was not measured, so steering can be compared with simply asking.
+    """
+    if not trials:
+        raise FigureDataError("frontier_figure got no trials; expected [{delta, coherence, capability}, ...]")
+    for i, t in enumerate(trials):
+        missing = [key for key in ("delta", "capability") if key not in t]
+        if missing:
+            raise FigureDataError(f"trial {i} lacks {', '.join(missing)}; expected keys delta, coherence, capability")
+    if chosen is not None and not 0 <= chosen < len(trials):
+        raise FigureDataError(f"chosen={chosen} is not an index into the {len(trials)} trials")
+    x = _floats(t.get("capability") for t in trials)
+    y = _floats(t.get("delta") for t in trials)
+    coh = _floats(t.get("coherence") for t in trials)
+    ok = np.isfinite(coh) & (coh >= threshold) if threshold is not None else np.isfinite(coh)
+
+    fig, ax = _new_figure(5.4, 3.8)
+    for i, t in enumerate(trials):
+        lo, hi = t.get("capability_low"), t.get("capability_high")
+        if lo is not None and hi is not None and np.isfinite(y[i]):
+            ax.plot([lo, hi], [y[i], y[i]], color="#bbb", linewidth=0.8, zorder=1)
+    scale = {"cmap": "viridis", "vmin": 0.0, "vmax": 100.0}
+    sc = ax.scatter(x[ok], y[ok], c=coh[ok], s=22, edgecolor="black", linewidth=0.4, zorder=3,
+                    label="coherent trial" if threshold is not None else "trial", **scale)
+    if (~ok).any():
+        ax.scatter(x[~ok], y[~ok], c=np.nan_to_num(coh[~ok], nan=0.0), marker="x", s=22, linewidth=1.0, zorder=3,
+                   label="incoherent trial" if threshold is not None else "trial without coherence", **scale)
+    coherent = [i for i in range(len(trials)) if ok[i]]
+    front = [coherent[i] for i in pareto_front([x[i] for i in coherent], [y[i] for i in coherent])]
+    if len(front) > 1:
+        ax.plot(x[front], y[front], color="tab:red", linewidth=1.0, zorder=2, label="frontier (coherent)")
+    if chosen is not None and np.isfinite(x[chosen]) and np.isfinite(y[chosen]):
+        ax.scatter([x[chosen]], [y[chosen]], marker="*", s=150, color="gold", edgecolor="black", zorder=5,
+                   label="chosen")
+    ax.axhline(0.0, color="#999", linewidth=0.6, zorder=0)
+    base_cap = (unsteered or {}).get("capability")
+    if base_cap is not None and math.isfinite(float(base_cap)):
+        ax.scatter([base_cap], [0.0], marker="s", s=40, color="black", zorder=4, label="unsteered")
+    if prompted and prompted.get("delta") is not None:
+        p_cap = prompted.get("capability")
+        if p_cap is not None and math.isfinite(float(p_cap)):
+            ax.scatter([p_cap], [prompted["delta"]], marker="D", s=40, color="tab:orange", edgecolor="black",
+                       zorder=4, label="prompted")
+        else:
+            ax.axhline(float(prompted["delta"]), color="tab:orange", linestyle="--", linewidth=1.0,
+                       label=f"prompted delta {float(prompted['delta']):.3g}")
+    _style(ax, title, "capability accuracy", "trait delta (steered − unsteered)")
+    cbar = fig.colorbar(sc, ax=ax, shrink=0.9)
+    cbar.ax.tick_params(labelsize=TICK_FONT)
+    cbar.set_label("coherence (0–100)", fontsize=LABEL_FONT)
+    ax.legend(fontsize=TICK_FONT, frameon=False, loc="best")
     return fig

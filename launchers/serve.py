@@ -1,0 +1,6 @@
+"""`traitlab serve`.  python launchers/serve.py trait=starter/optimism method=mean_diff layers=10"""
+
+from traitlab.cli import launch
+
+if __name__ == "__main__":
+    launch("serve")

@@ -1,0 +1,32 @@
+"""Structured configs of `traitlab export` (conf/export.yaml) and the vector source it shares with serve.
+
+Vectors come from the MLflow registry (`trait=`, `layers=` with `best`, optional `method=` / `position=`)
+or from safetensors vector files (`vector_file=`), as every stage that uses vectors takes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlab.config.schema import ComponentConfig, MethodConfig, PositionConfig, TrackingConfig, TraitConfig
+from traitlab.models.loading import ModelSpec
+
+
+@dataclass
+class VectorSourceConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    trait: TraitConfig = field(default_factory=TraitConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    layers: Any = "best"  # layer DSL: best, best+2, 8-12, 30%-60%, 'best,best+1'
+    method: MethodConfig | None = None  # method=mean_diff: only its vectors (null: the best vector's, then any)
+    position: PositionConfig | None = None  # position=response_all: only vectors pooled there (null: any)
+    component: ComponentConfig = field(default_factory=ComponentConfig)
+    vector_file: Any = None  # a safetensors vector file or a list of them, instead of the registry
+    force: bool = False
+
+
+@dataclass
+class ExportConfig(VectorSourceConfig):
+    scale: float = 1.0  # the file holds scale x vector; llama.cpp multiplies by its --control-vector strength
+    out: str | None = None  # the .gguf to write (null: outputs/export/<trait>_<layers>.gguf)

@@ -1,0 +1,181 @@
+"""Views of scored records as run artifacts: per prompt JSON + HTML token page + PNGs, the index page, the
+summary tables and mean-score metrics, and the massive-dims table; logged to one MLflow run."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from traitlab.core.massive import detect_massive_dims, record_max_abs, summarize
+from traitlab.errors import ConfigError
+from traitlab.io import atomic_write_json, atomic_write_text, read_json
+from traitlab.monitor.records import mean_scores, summary_rows, view_record
+from traitlab.tracking.artifacts import (
+    FIGURES,
+    INDEX_PAGE,
+    MASSIVE_ARTIFACT,
+    PROJECTIONS,
+    TABLES,
+    VIEWS,
+    slug,
+    view_page,
+)
+from traitlab.tracking.runs import JobRun
+
+
+def unique_slugs(ids: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for pid in ids:
+        s = slug(pid)
+        n = seen.get(s, 0)
+        seen[s] = n + 1
+        out.append(s if n == 0 else f"{s}_{n + 1}")
+    return out
+
+
+def _series(record: dict[str, Any], response_only: bool) -> tuple[list[str], dict[str, list[float | None]]]:
+    start = record["n_prompt_tokens"] if response_only else 0
+    series = {
+        f"{t} L{ly}": e["scores"][start:]
+        for t, d in record["traits"].items()
+        for ly, e in d["layers"].items()
+    }
+    return record["tokens"][start:], series
+
+
+def write_views(out: Path, records: Sequence[dict[str, Any]], *, title: str, max_figures: int) -> list[str]:
+    """Per prompt: JSON, HTML page, trajectory and heatmap PNGs; plus the index. Returns the page paths."""
+    from traitlab.viz.figures import trait_token_heatmap, trajectory_figure
+    from traitlab.viz.token_view import index_entry, render_index_html, render_token_html
+
+    pages, entries = [], []
+    for i, (rec, s) in enumerate(zip(records, unique_slugs([r["prompt_id"] for r in records]), strict=True)):
+        atomic_write_json(out / PROJECTIONS / f"{s}.json", rec)
+        slim = view_record(rec)
+        page = view_page(s)
+        atomic_write_text(out / page, render_token_html(slim))
+        pages.append(page)
+        entries.append(index_entry(slim, f"prompts/{s}.html"))
+        if i < max_figures and rec["traits"]:
+            response_only = len(rec["tokens"]) > rec["n_prompt_tokens"]
+            tokens, series = _series(rec, response_only)
+            part = "response tokens" if response_only else "tokens"
+            fig = trajectory_figure(tokens, series, f"{rec['prompt_id']}: {rec['score_mode']} score ({part})")
+            (out / FIGURES / "trajectories").mkdir(parents=True, exist_ok=True)
+            fig.savefig(out / FIGURES / "trajectories" / f"{s}.png", dpi=110)
+            fig = trait_token_heatmap(tokens, series)
+            fig.suptitle(f"{rec['prompt_id']} ({rec['score_mode']})", fontsize=8)
+            (out / FIGURES / "heatmaps").mkdir(parents=True, exist_ok=True)
+            fig.savefig(out / FIGURES / "heatmaps" / f"{s}.png", dpi=110)
+    atomic_write_text(out / INDEX_PAGE, render_index_html(entries, title=title))
+    return pages
+
+
+def log_views(
+    run: JobRun,
+    records: list[dict[str, Any]],
+    *,
+    title: str,
+    max_figures: int,
+    calibration: dict[str, Any] | None,
+    ratio: float,
+) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        pages = write_views(Path(tmp), records, title=title, max_figures=max_figures)
+        if calibration is not None:
+            atomic_write_text(Path(tmp) / MASSIVE_ARTIFACT, json.dumps(calibration, separators=(",", ":")))
+        run.log_artifacts(tmp)
+    for (trait, layer), value in sorted(mean_scores(records).items()):
+        if math.isfinite(value):
+            run.log_metric(f"mean_score/{trait}", value, step=layer)
+    run.log_table(summary_rows(records), f"{TABLES}/summary.json")
+    run.log_table(
+        {
+            "prompt_id": [r["prompt_id"] for r in records],
+            "prompt": [r["prompt"] for r in records],
+            "response": [r["response"] for r in records],
+        },
+        f"{TABLES}/responses.json",
+    )
+    if calibration is not None:
+        max_abs = record_max_abs(calibration)
+        dims = detect_massive_dims(max_abs, ratio)
+        rows = summarize(max_abs, ratio)
+        if rows:
+            run.log_table({k: [r[k] for r in rows] for k in rows[0]}, f"{TABLES}/massive_dims.json")
+        for layer, d in dims.items():
+            run.log_metric("massive_dims", len(d), step=layer)
+    return pages[0] if pages else None
+
+
+def first_page_of(run: JobRun) -> str | None:
+    files = run.client.list_artifacts(run.run_id, f"{VIEWS}/prompts")
+    pages = sorted(f.path for f in files if f.path.endswith(".html"))
+    return pages[0] if pages else None
+
+
+def artifact_uri(run: JobRun) -> str:
+    return run.client.get_run(run.run_id).info.artifact_uri
+
+
+def read_run_records(client: Any, run_id: str, *, key: str) -> list[dict[str, Any]]:
+    """The per-prompt records (projections/*.json) a scored run logged; ``key`` names the config key in errors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, PROJECTIONS, tmp)
+        except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run/path
+            raise ConfigError(
+                key,
+                f"cannot read {PROJECTIONS}/ of run {run_id!r}: "
+                f"{str(e).splitlines()[0]}; expected an inference run id",
+            ) from None
+        records = [read_json(p) for p in sorted(Path(local).glob("*.json"))]
+    if not records:
+        raise ConfigError(key, f"run {run_id!r} has no {PROJECTIONS}/*.json (not an inference run?)")
+    return records
+
+
+def log_delta_views(
+    run: JobRun,
+    deltas: Sequence[tuple[dict[str, Any], Any, Any]],
+    *,
+    variant_a: str,
+    variant_b: str,
+    score_mode: str,
+    max_figures: int,
+) -> None:
+    """model_diff/<prompt>.json (+ PNG for the first ``max_figures``): per-token deltas of every trait x layer.
+
+    ``deltas`` holds (record of variant a, TraitVector, per-response-token delta tensor) triples.
+    """
+    from traitlab.viz.figures import trajectory_figure
+
+    per_prompt: dict[str, dict[str, Any]] = {}
+    for r, tv, dl in deltas:
+        entry = per_prompt.setdefault(
+            r["prompt_id"],
+            {
+                "prompt_id": r["prompt_id"],
+                "variant_a": variant_a,
+                "variant_b": variant_b,
+                "score_mode": score_mode,
+                "tokens": r["tokens"][r["n_prompt_tokens"] :],
+                "deltas": {},
+            },
+        )
+        entry["deltas"][tv.label] = [None if math.isnan(x) else x for x in dl.tolist()]
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, (pid, entry) in enumerate(per_prompt.items()):
+            atomic_write_json(Path(tmp) / "model_diff" / f"{slug(pid)}.json", entry)
+            if n < max_figures and entry["tokens"]:
+                fig = trajectory_figure(
+                    entry["tokens"], entry["deltas"], f"{pid}: per-token delta ({variant_b} − {variant_a})"
+                )
+                fig.axes[0].set_ylabel("score delta", fontsize=8)
+                fig.savefig(Path(tmp) / "model_diff" / f"{slug(pid)}.png", dpi=110)
+        run.log_artifacts(tmp)
