@@ -3,8 +3,9 @@ steering) vs one coefficient at a time (K calls), on the same SmolLM2, pairs and
 
 Rows are (coefficient, pair, side); each call length-sorts its rows into batches of the pipeline's default
 size (steering.propensity.batch_size) and computes logits only where response tokens are predicted.
-Both modes must give the same propensities (checked). Times are medians of interleaved repeats in one process,
-as CPU seconds of this process (robust on a shared machine) with wall seconds beside them.
+Both modes must give the same propensities (checked). Times are paired per interleaved round in one process
+(benchmarks/common.py: CPU seconds of one thread on a CPU, wall seconds on CUDA); the ratio is their median
+with half the range of the rounds as its noise.
 
 What to expect: a forward pass over prompt + response tokens is compute-bound on a CPU at any batch size
 (each row is a distinct computation once steering changes its hidden states), so sharing batches removes only
@@ -14,23 +15,32 @@ approaches K x.
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
+import sys
 
 import torch
 
-from benchmarks.common import log_to_mlflow, machine, write_result
+from benchmarks.common import (
+    Ratio,
+    bench_threads,
+    clock_name,
+    interleaved,
+    log_to_mlflow,
+    machine,
+    ratio_of,
+    write_result,
+)
 
+NAME = "propensity"
 K = 8
-N_PAIRS = int(os.environ.get("BENCH_PROPENSITY_PAIRS", "6"))
 LAYER = 12
 BATCH = 16       # steering.propensity.batch_size default
 MAX_RESPONSE_TOKENS = 32
-REPEATS = int(os.environ.get("BENCH_PROPENSITY_REPEATS", "3"))
+SIZES = {False: {"pairs": 6, "repeats": 3}, True: {"pairs": 3, "repeats": 2}}
+TARGET = 0.6 * K  # issue 11: at least 0.6 K x
 
 
-def _setup():
+def _setup(n_pairs: int):
     from traitlab.data import load_trait, resolve_trait_dir
     from traitlab.models.loading import load_model
     from traitlab.models.propensity import ResponsePair
@@ -40,66 +50,44 @@ def _setup():
     pairs = [ResponsePair(p.prompt, p.response, n.response) for p, n in zip(t.positive, t.negative, strict=True)]
     g = torch.Generator().manual_seed(0)
     v = torch.randn(lm.hidden_size, generator=g)
-    return lm, pairs[:N_PAIRS], v / v.norm()
+    return lm, pairs[:n_pairs], v / v.norm()
 
 
-def _timed(fns: dict, repeats: int) -> dict[str, dict[str, float]]:
-    """Median CPU and wall seconds of each fn, run in alternation after one warm-up round."""
-    for fn in fns.values():
-        fn()
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            c0, w0 = time.process_time(), time.perf_counter()
-            fn()
-            cpu[name].append(time.process_time() - c0)
-            wall[name].append(time.perf_counter() - w0)
-    return {k: {"cpu": statistics.median(cpu[k]), "wall": statistics.median(wall[k])} for k in fns}
-
-
-def run() -> dict:
+def run(quick: bool = False) -> list[Ratio]:
     from traitlab.models.propensity import propensity
 
-    lm, pairs, v = _setup()
+    size = SIZES[quick]
+    lm, pairs, v = _setup(size["pairs"])
     coefs = [-40.0 + 20.0 * i for i in range(K)]  # -40 .. 100: a curve's worth of coefficients at one layer
     settings = [[(LAYER, v, c)] for c in coefs]
     kw = {"batch_size": BATCH, "max_response_tokens": MAX_RESPONSE_TOKENS}
-
-    def batched():
-        return propensity(lm, pairs, settings, **kw)
-
-    def sequential():
-        return torch.cat([propensity(lm, pairs, [s], **kw) for s in settings])
-
-    diff = float((batched() - sequential()).abs().max())
-    t = _timed({"batched": batched, "sequential": sequential}, REPEATS)
+    jobs = {"shared": lambda: propensity(lm, pairs, settings, **kw),
+            "one_at_a_time": lambda: torch.cat([propensity(lm, pairs, [s], **kw) for s in settings])}
+    with bench_threads() as n_threads:
+        diff = float((jobs["shared"]() - jobs["one_at_a_time"]()).abs().max())
+        if diff > 1e-4:
+            raise AssertionError(f"shared batches and one coefficient at a time disagree by {diff:.2e}")
+        t = interleaved(jobs, repeats=size["repeats"], warmup=0)
+    clock = clock_name()
+    med = {k: statistics.median(x[clock]) for k, x in t.items()}
     rows = K * len(pairs) * 2
-    result = {
-        "k": K, "pairs": len(pairs), "rows": rows, "layer": LAYER, "batch_size": BATCH,
-        "max_response_tokens": MAX_RESPONSE_TOKENS, "repeats": REPEATS,
-        "batched_cpu_s": t["batched"]["cpu"], "sequential_cpu_s": t["sequential"]["cpu"],
-        "batched_wall_s": t["batched"]["wall"], "sequential_wall_s": t["sequential"]["wall"],
-        "speedup_cpu": t["sequential"]["cpu"] / t["batched"]["cpu"],
-        "speedup_wall": t["sequential"]["wall"] / t["batched"]["wall"], "speedup_target": 0.6 * K,
-        "max_abs_difference": diff, "threads": torch.get_num_threads(), "load_average": os.getloadavg(), **machine(),
-    }
-    table = (
-        f"| propensity, {K} coefficients x {len(pairs)} pairs ({rows} rows), layer {LAYER} | CPU s | wall s |\n"
-        f"|---|---|---|\n"
-        f"| ONE call, all rows in shared batches of {BATCH} (PerSampleSteering) | {result['batched_cpu_s']:.2f} | "
-        f"{result['batched_wall_s']:.2f} |\n"
-        f"| {K} calls, one coefficient each ({len(pairs) * 2} rows per call) | {result['sequential_cpu_s']:.2f} | "
-        f"{result['sequential_wall_s']:.2f} |\n"
-        f"| speed-up (target >= {0.6 * K:g}) | {result['speedup_cpu']:.2f}x | {result['speedup_wall']:.2f}x |\n"
-        f"\nshared == one at a time: max |difference| {diff:.2e}; {torch.get_num_threads()} torch threads; "
-        f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-    )
-    write_result("propensity", result, table)
-    log_to_mlflow("propensity", result, table)
+    ratios = [ratio_of(NAME, f"K={K} coefficients x {len(pairs)} pairs in shared batches vs one at a time",
+                       t["one_at_a_time"][clock], t["shared"][clock], target=TARGET,
+                       detail=f"{clock} s {med['shared']:.2f} vs {med['one_at_a_time']:.2f}; {rows} rows")]
+    table = (f"propensity, {K} coefficients x {len(pairs)} pairs ({rows} rows), layer {LAYER}; {clock} time, "
+             f"{n_threads} thread(s), median of {size['repeats']} interleaved rounds\n\n"
+             "| mode | s |\n|---|---|\n"
+             f"| ONE call, all rows in shared batches of {BATCH} (PerSampleSteering) | {med['shared']:.2f} |\n"
+             f"| {K} calls, one coefficient each ({len(pairs) * 2} rows per call) | {med['one_at_a_time']:.2f} |\n"
+             f"| speed-up (target >= {TARGET:g}) | {ratios[0].value:.2f}x ± {ratios[0].noise:.2f} |\n"
+             f"\nshared == one at a time: max |difference| {diff:.2e}")
+    write_result(NAME, {"times": t, "ratios": [r.as_dict() for r in ratios], "clock": clock, "threads": n_threads,
+                        "quick": quick, "max_abs_difference": diff, **machine()}, table)
+    log_to_mlflow(NAME, {"speedup": ratios[0].value}, table)
     print(table)
-    return result
+    return ratios
 
 
 if __name__ == "__main__":
-    run()
+    for ratio in run(quick="--quick" in sys.argv[1:]):
+        print(f"{ratio.name}: {ratio.value:.2f} ± {ratio.noise:.2f} ({ratio.verdict})")

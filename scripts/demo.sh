@@ -23,6 +23,7 @@ echo "== 3/3 infer: per-token trait scores on the smoke prompt set, best layer (
 $PY launchers/infer.py prompt_set=smoke traits="[$TRAIT]" layers=best inference.generation.max_new_tokens=32 \
     tracking.experiment="$EXP" | tee outputs/demo_infer.log
 
+$PY -m traitlab.tracking.dashboard --base "http://127.0.0.1:${PORT:-5000}" | grep -A1 " $EXP: " || true
 cat <<MSG
 
 Done. How to read the steering table above (also the steer run's steering_table.md):
@@ -39,9 +40,13 @@ Done. How to read the steering table above (also the steer run's steering_table.
   - steerability: slope of propensity against coef/base over the coherent range (Tan et al. 2024);
     anti-steerable: the fraction of pairs that steering moves the wrong way.
 
-Open the dashboard:   make ui      (then http://127.0.0.1:5000, experiment "$EXP")
-  - "extract-sweep-*" parent run: figures/ = layer x method heatmaps; its child runs hold per-layer metrics
-    (Model metrics tab, x axis = step = layer), vectors/ (safetensors + JSON per layer), config/resolved.yaml.
+Serve the dashboard with   make ui   and open the "$EXP" URL above (the classic run table; MLflow's
+own start page is its GenAI view). Each row's Description is its verdict; the Views menu also ranks every
+run on best/cv_effect_size.
+  - the "extract-sweep ..." row: the winning method and layer against the runner-up with their intervals;
+    best/<method>/... per child; figures/ = accuracy and effect size by layer with the methods overlaid,
+    cosine between the methods' vectors; tables/children.json. Expand it for one row per method
+    (figures/: accuracy and effect size by layer with bands, projections at the best layer; vectors/).
   - the steer run: its description is the verdict; steering_table.md; metrics layer/objective_delta (with _lo,
     _hi), layer/steerability, layer/sentiment_delta per layer (step = layer) and best/*; figures/
     steering_layer_*.png (objective and coherence vs coefficient) and propensity_layer_*.png (one line per

@@ -30,7 +30,8 @@ from traitlab.judge.text_scorers import TextScorer
 from traitlab.models.chat import format_prompt
 from traitlab.models.loading import LoadedModel
 from traitlab.models.propensity import ResponsePair, propensity
-from traitlab.models.steering import Setting, generate_steered
+from traitlab.models.steered_generation import generate_steered_shared
+from traitlab.models.steering import Setting
 from traitlab.pipelines.common import responses_for
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,8 @@ class Measurer:
         """Every setting's answers from ONE batched generate and its propensities from shared forward batches;
         the judge and the scorer run after the hooks are gone."""
         texts = [format_prompt(self.lm.tokenizer, q, None, self.lm.use_chat_template) for q in self.questions]
-        answers = generate_steered(self.lm, texts, settings, component=self.component, gen=self.gen, seed=self.seed)
+        answers = generate_steered_shared(self.lm, texts, settings, component=self.component, gen=self.gen,
+                                          seed=self.seed)
         margins = self.propensities(settings)
         flat = [a for rs in answers for a in rs]
         trait, coherence = self.judged(list(self.questions) * len(settings), flat)
