@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
@@ -37,12 +38,15 @@ test-fast: setup
 demo: setup
 	bash scripts/demo.sh
 
+# make bench BENCH_ARGS=--quick for a reduced run; TRAITLAB_BENCH_THREADS=2 on a quiet machine (wall clock)
 bench: setup
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
+# Prints each experiment's run-table URL (MLflow 3.17 opens its GenAI page otherwise), then serves the UI
+# without MLflow's background job workers (seven processes for GenAI features traitlab does not use).
 ui: setup
-	@echo "MLflow UI on http://$(HOST):$(PORT) (store: mlruns/mlflow.db)"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
+	@$(BIN)/python -m traitlab.tracking.dashboard --uri sqlite:///$(CURDIR)/mlruns/mlflow.db --base http://$(HOST):$(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
 # MLflow tracking server on PostgreSQL (scripts/tracking_server.sh documents HOST, PORT, BACKEND_URI, ...)
 server: setup

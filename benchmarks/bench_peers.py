@@ -12,10 +12,10 @@ What is compared, on the same starter/optimism contrastive pairs (prompt + provi
                traitlab mean_diff (also steering-vectors at its default batch_size=1).
   steering     greedy generate, 32 new tokens forced (min_new_tokens), one prompt, the SAME delta
                coefficient * unit vector added at one layer by each library; tokens/s.
-Results: benchmarks/results/peers.json and benchmarks/RESULTS.md.
+Results: benchmarks/results/peers.json and peers.md; the ratios go into benchmarks/RESULTS.md (run_all.py).
 
-    python benchmarks/bench_peers.py            # from the main venv: sets up the peers venv, runs, writes
-    BENCH_PEERS_PAIRS=70 BENCH_PEERS_REPEATS=5 python benchmarks/bench_peers.py   # the full trait, more repeats
+    python -m benchmarks.bench_peers [--quick]   # from the main venv: sets up the peers venv, runs, writes
+    BENCH_PEERS_PAIRS=70 BENCH_PEERS_REPEATS=5 python -m benchmarks.bench_peers   # the full trait, more repeats
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_VENV = ROOT / "benchmarks" / ".venv-peers"
-RESULTS_JSON = ROOT / "benchmarks" / "results" / "peers.json"
-RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 
 TRAIT = "starter/optimism"
 BATCH = 32                      # texts per forward (repeng's default)
@@ -60,7 +58,7 @@ def _timings(jobs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str
     from traitlab.models.batching import PeakMemory
 
     times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in jobs}
-    peaks: dict[str, int] = {}
+    peaks: dict[str, list[int]] = {k: [] for k in jobs}
     outputs: dict[str, Any] = {}
     names = list(jobs)
     for r in range(repeats):
@@ -71,12 +69,12 @@ def _timings(jobs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str
                 outputs[name] = jobs[name]()
                 times[name]["cpu"].append(time.process_time() - c0)
                 times[name]["wall"].append(time.perf_counter() - w0)
-            if meter.peak is not None:  # steady state: the smallest peak (a first run also pays one-time costs)
-                peaks[name] = min(peaks.get(name, meter.peak), meter.peak)
+            if meter.peak is not None:
+                peaks[name].append(meter.peak)
     return times, {"outputs": outputs, "peaks": peaks}
 
 
-def _worker(n_pairs: int, repeats: int, threads: int) -> dict[str, Any]:
+def _worker(n_pairs: int, repeats: int, threads: int, gen_repeats: int, new_tokens: int) -> dict[str, Any]:
     import numpy as np
     import repeng
     import steering_vectors
@@ -164,7 +162,7 @@ def _worker(n_pairs: int, repeats: int, threads: int) -> dict[str, Any]:
     v = unit(vecs["traitlab mean_diff"][STEER_LAYER]).float()
     prompt = format_prompt(tok, STEER_PROMPT, None, lm.use_chat_template)
     enc = tok(prompt, return_tensors="pt")
-    gen = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, temperature=None,
+    gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
                top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
 
     @torch.inference_mode()
@@ -194,7 +192,7 @@ def _worker(n_pairs: int, repeats: int, threads: int) -> dict[str, Any]:
     generate()  # warm-up
     gen_jobs = {"plain generate": generate, "traitlab": traitlab_steer, "repeng": repeng_steer,
                 "steering-vectors": sv_steer}
-    gen_times, gen_extra = _timings(gen_jobs, GEN_REPEATS)
+    gen_times, gen_extra = _timings(gen_jobs, gen_repeats)
     texts = {k: tok.decode(ids, skip_special_tokens=True) for k, ids in gen_extra["outputs"].items()}
 
     # The steering mechanism alone: seconds spent inside each library's hooks during one steered generate
@@ -218,9 +216,12 @@ def _worker(n_pairs: int, repeats: int, threads: int) -> dict[str, Any]:
         finally:
             cm.unwrap()
 
-    hook_us = {name: min(fn() for _ in range(GEN_REPEATS)) / NEW_TOKENS * 1e6
-               for name, fn in (("traitlab", traitlab_hooks), ("repeng", repeng_hooks),
-                                ("steering-vectors", sv_hooks))}
+    hook_jobs = {"traitlab": traitlab_hooks, "repeng": repeng_hooks, "steering-vectors": sv_hooks}
+    hook_us: dict[str, list[float]] = {name: [] for name in hook_jobs}
+    names = list(hook_jobs)
+    for r in range(gen_repeats):  # interleaved, the order rotating, like every other timing here
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            hook_us[name].append(hook_jobs[name]() / new_tokens * 1e6)
 
     def summary(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
         return {k: {"cpu_min_s": min(t["cpu"]), "cpu_median_s": statistics.median(t["cpu"]),
@@ -241,12 +242,14 @@ def _worker(n_pairs: int, repeats: int, threads: int) -> dict[str, Any]:
         "settings": {"model": "SmolLM2-135M-Instruct (float32, CPU)", "trait": TRAIT, "pairs": n_pairs,
                      "texts": 2 * n_pairs, "layers": n_layers, "batch_texts_per_forward": BATCH,
                      "read_position": "last token", "repeats": repeats, "steer_layer": STEER_LAYER,
-                     "steer_coefficient": STEER_COEFFICIENT, "new_tokens": NEW_TOKENS,
-                     "gen_repeats": GEN_REPEATS},
+                     "steer_coefficient": STEER_COEFFICIENT, "new_tokens": new_tokens,
+                     "gen_repeats": gen_repeats},
         "extraction": summary(ext_times),
-        "extraction_peak_rss_mib": {k: round(b / 2**20) for k, b in ext_extra["peaks"].items()},
+        "extraction_peak_rss_mib": {k: [round(b / 2**20, 1) for b in v] for k, v in ext_extra["peaks"].items()},
         "generation": summary(gen_times),
-        "generation_tokens_per_cpu_s": {k: NEW_TOKENS / min(t["cpu"]) for k, t in gen_times.items()},
+        "generation_tokens_per_cpu_s": {k: new_tokens / min(t["cpu"]) for k, t in gen_times.items()},
+        "generation_cpu_runs": {k: t["cpu"] for k, t in gen_times.items()},
+        "extraction_cpu_runs": {k: t["cpu"] for k, t in ext_times.items()},
         "steering_overhead_us_per_token": hook_us,
         "generation_texts_identical": len(set(texts[k] for k in ("traitlab", "repeng", "steering-vectors"))) == 1,
         "generation_texts": texts,
@@ -344,23 +347,48 @@ def _traitlab_version() -> str:
 # ----------------------------------------------------------------------------------------- main side
 
 
+NAME = "peers"
+# DESIGN.md "Performance targets": extraction at most 0.5x the peers' time and 0.1x their added peak memory;
+# steered generation at least as fast. Issue 17: traitlab's steering hook at most 50 us per token.
+EXTRACTION_SPEEDUP_TARGET = 2.0
+EXTRACTION_MEMORY_TARGET = 0.1
+GENERATION_TARGET = 1.0
+HOOK_US_TARGET = 50.0
 EXTRACTION_PAIRS = {  # peer row -> the traitlab row it is compared with (same method)
     "repeng pca_diff": "traitlab pca_diff",
     f"steering-vectors (batch {BATCH})": "traitlab mean_diff",
     "steering-vectors (default batch 1)": "traitlab mean_diff",
 }
+SAME_BATCH = ("repeng pca_diff", f"steering-vectors (batch {BATCH})")  # held to the targets
 
 
-def ratios(res: dict[str, Any]) -> dict[str, float]:
-    """Peer / traitlab median CPU seconds, same method and data: > 1 means traitlab is faster."""
-    ext, gen, hook = res["extraction"], res["generation"], res["steering_overhead_us_per_token"]
-    out = {f"extraction: {peer} / {ours}": ext[peer]["cpu_median_s"] / ext[ours]["cpu_median_s"]
-           for peer, ours in EXTRACTION_PAIRS.items()}
+def ratios(res: dict[str, Any]) -> list[Any]:
+    """Every peer comparison as a Ratio, paired round by round (each round ran every job once)."""
+    from benchmarks.common import Ratio, ratio_of
+
+    ext, gen = res["extraction_cpu_runs"], res["generation_cpu_runs"]
+    peak, hook = res["extraction_peak_rss_mib"], res["steering_overhead_us_per_token"]
+    out = []
+    for peer, ours in EXTRACTION_PAIRS.items():
+        held = peer in SAME_BATCH
+        out.append(ratio_of(NAME, f"extraction time, {peer} / {ours}", ext[peer], ext[ours],
+                            target=EXTRACTION_SPEEDUP_TARGET if held else None,
+                            detail=f"CPU s {statistics.median(ext[ours]):.2f} vs {statistics.median(ext[peer]):.2f}"))
+        if held:
+            out.append(ratio_of(NAME, f"extraction peak memory added, {ours} / {peer}", peak[ours], peak[peer],
+                                target=EXTRACTION_MEMORY_TARGET, higher_is_better=False,
+                                detail=f"MiB {statistics.median(peak[ours]):.0f} vs {statistics.median(peak[peer]):.0f}"))
     for peer in ("repeng", "steering-vectors"):
-        out[f"steered generation: {peer} / traitlab"] = gen[peer]["cpu_median_s"] / gen["traitlab"]["cpu_median_s"]
-        out[f"steering hook cost: {peer} / traitlab"] = hook[peer] / hook["traitlab"]
-    out["steered generation: traitlab / plain generate"] = (gen["traitlab"]["cpu_median_s"]
-                                                            / gen["plain generate"]["cpu_median_s"])
+        out.append(ratio_of(NAME, f"steered generation time, {peer} / traitlab", gen[peer], gen["traitlab"],
+                            target=GENERATION_TARGET))
+    out.append(ratio_of(NAME, "steered generation time, traitlab / plain generate", gen["traitlab"],
+                        gen["plain generate"]))
+    us = hook["traitlab"]
+    out.append(Ratio(NAME, "traitlab steering hook, us per generated token", statistics.median(us),
+                     (max(us) - min(us)) / 2, len(us), target=HOOK_US_TARGET, higher_is_better=False, unit="us",
+                     samples=us, detail=f"steering-vectors {statistics.median(hook['steering-vectors']):.0f}, "
+                                        f"repeng {statistics.median(hook['repeng']):.0f}"))
+    out.append(ratio_of(NAME, "steering hook cost, steering-vectors / traitlab", hook["steering-vectors"], us))
     return out
 
 
@@ -370,24 +398,25 @@ def _ordered(rows: dict[str, Any], first: list[str]) -> list[tuple[str, Any]]:
 
 
 def render_markdown(res: dict[str, Any]) -> str:
+    """The run's own numbers; every comparative sentence is computed from them."""
     m, v, s = res["machine"], res["versions"], res["settings"]
     ext, gen = res["extraction"], res["generation"]
-    peak = res.get("extraction_peak_rss_mib", {})
+    peak = res["extraction_peak_rss_mib"]
     tps = res["generation_tokens_per_cpu_s"]
-    r = res["ratios"]
+    hook = res["steering_overhead_us_per_token"]
     agree = res["agreement"]
     flipped = agree["repeng_sign_flipped_layers"]
+    cos_min = agree["traitlab_mean_diff_vs_steering_vectors_cosine_min"]
+    med = statistics.median
     lines = [
         "# traitlab vs repeng vs steering-vectors",
         "",
-        "Generated by `benchmarks/bench_peers.py` (`make bench`); raw numbers in `results/peers.json`.",
-        "All three libraries ran in ONE process (benchmarks/.venv-peers, traitlab from src/) on the same model",
-        "object and torch, runs interleaved with the order rotated each round. Ratios use the median CPU",
-        f"seconds of the process with {m['torch_threads']} torch thread: on a shared machine wall time also counts",
-        "the time other processes held the core (wall medians are shown beside it).",
+        "Written by `benchmarks/bench_peers.py`; raw numbers in `peers.json`. All three libraries ran in one",
+        "process (benchmarks/.venv-peers, traitlab from src/) on the same model object, interleaved with the order",
+        f"rotating each round; CPU seconds of the process with {m['torch_threads']} torch thread(s).",
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_end'])} (a machine shared with other work).",
+        f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_end'])}.",
         f"- Versions: python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, numpy "
         f"{v['numpy']}, repeng {v['repeng']}, steering-vectors {v['steering-vectors']}, traitlab {v['traitlab']}.",
         f"- Data: {s['trait']}, {s['pairs']} positive/negative pairs with their provided responses "
@@ -397,32 +426,27 @@ def render_markdown(res: dict[str, Any]) -> str:
         "",
         f"{s['batch_texts_per_forward']} texts per forward unless stated; {s['repeats']} runs each.",
         "",
-        "| library | CPU s (best) | CPU s (median) | wall s (median) | peak RSS added, MiB | traitlab speed-up |",
+        "| library | CPU s (best) | CPU s (median) | wall s (median) | peak RSS added, MiB (median) | "
+        "peer / traitlab time |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, t in _ordered(ext, ["traitlab pca_diff", "repeng pca_diff", "traitlab mean_diff"]):
         ours = EXTRACTION_PAIRS.get(name)
         ratio = f"{t['cpu_median_s'] / ext[ours]['cpu_median_s']:.2f}x" if ours else "-"
+        mib = f"{med(peak[name]):.0f}" if peak.get(name) else "?"
         lines.append(f"| {name} | {t['cpu_min_s']:.2f} | {t['cpu_median_s']:.2f} | {t['wall_median_s']:.2f} | "
-                     f"{peak.get(name, '?')} | {ratio} |")
+                     f"{mib} | {ratio} |")
     lines += [
         "",
-        "Speed-up = peer / traitlab with the same method (repeng: pca_diff; steering-vectors: mean difference).",
-        "Why traitlab is faster and lighter: its capture hook pools the requested token inside the forward and",
-        "stops the forward after the deepest requested layer, so the final norm, the LM head and the",
-        "vocabulary-sized logits are never computed (about a fifth of SmolLM2's FLOPs at 576 hidden / 49k vocab);",
-        "only [batch, layers, hidden] leaves the hooks. repeng runs the full model with `output_hidden_states=True`",
-        "(every layer's [batch, seq, hidden] kept, logits computed); steering-vectors records every token of",
-        "every layer and computes logits too, positives and negatives as separate passes.",
-        "Peer quirks handled: repeng skips layer 0 unless `hidden_layers` is given (given here: all 30) and its",
-        "last layer is read after the final norm; steering-vectors defaults to `batch_size=1` (its own row).",
+        "What each library runs: traitlab pools the requested token inside its capture hooks and stops the forward",
+        "after the deepest requested layer (no final norm, no LM head); repeng runs the CausalLM with",
+        "`output_hidden_states=True`; steering-vectors records every layer's output of the CausalLM, positives and",
+        "negatives as separate passes. repeng's last layer is read after the final norm (compared on the others).",
         "",
-        f"Agreement: traitlab mean_diff vs steering-vectors, cosine per layer >= "
-        f"{agree['traitlab_mean_diff_vs_steering_vectors_cosine_min']:.6f} (the same vectors). traitlab pca_diff vs "
-        f"repeng: repeng centres the differences and takes the sign by a majority vote of pairs, traitlab takes "
-        f"the uncentred first axis oriented by the mean difference; repeng's vector points against the mean "
-        f"difference on {len(flipped)} of {len(agree['traitlab_pca_diff_vs_repeng_cosine'])} layers "
-        f"({', '.join(map(str, flipped)) or 'none'}).",
+        f"Agreement: traitlab mean_diff vs steering-vectors, smallest cosine over layers {cos_min:.6f}; traitlab",
+        "pca_diff vs repeng pca_diff (repeng centres the differences and signs by a majority vote): repeng's vector",
+        f"points against the mean difference on {len(flipped)} of {len(agree['traitlab_pca_diff_vs_repeng_cosine'])}",
+        f"layers ({', '.join(map(str, flipped)) or 'none'}).",
         "",
         f"## Steered generation: greedy, {s['new_tokens']} new tokens (forced), one prompt",
         "",
@@ -430,7 +454,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"{s['steer_layer']} by each library, `model.generate` called the same way; {s['gen_repeats']} runs "
         f"each. Identical steered text from all three: {'yes' if res['generation_texts_identical'] else 'NO'}.",
         "",
-        "| run | CPU s (best) | CPU s (median) | wall s (median) | tokens per CPU s (best) | traitlab speed-up |",
+        "| run | CPU s (best) | CPU s (median) | wall s (median) | tokens per CPU s (best) | peer / traitlab |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, t in _ordered(gen, ["plain generate", "traitlab", "repeng", "steering-vectors"]):
@@ -438,27 +462,21 @@ def render_markdown(res: dict[str, Any]) -> str:
                  if name in ("repeng", "steering-vectors") else "-")
         lines.append(f"| {name} | {t['cpu_min_s']:.3f} | {t['cpu_median_s']:.3f} | {t['wall_median_s']:.3f} | "
                      f"{tps[name]:.1f} | {ratio} |")
-    hook = res["steering_overhead_us_per_token"]
+    cheapest = min(hook, key=lambda k: med(hook[k]))
+    plain_us = gen["plain generate"]["cpu_median_s"] / s["new_tokens"] * 1e6  # a plain generate's CPU per token
     lines += [
         "",
-        f"traitlab steered / plain generate: {r['steered generation: traitlab / plain generate']:.3f}x. The",
-        "whole-generate timings of all four rows agree within run-to-run noise (a few %; even steered vs plain),",
-        "so the steering mechanism was also timed on its own: CPU time spent inside each library's hooks",
-        "(traitlab, steering-vectors: their forward hooks; repeng: its ControlModule wrapper minus the wrapped",
-        f"layer) per generated token, best of {s['gen_repeats']} generates:",
+        "CPU time spent inside each library's steering code per generated token (traitlab, steering-vectors: their",
+        "forward hooks; repeng: its ControlModule wrapper minus the wrapped layer), median and range over "
+        f"{s['gen_repeats']} generates:",
         "",
-        "| library | steering overhead (us per token) | vs traitlab |",
-        "| --- | ---: | ---: |",
+        "| library | us per token (median) | range | share of plain generate's time per token | vs traitlab |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, us in _ordered(hook, ["traitlab", "repeng", "steering-vectors"]):
-        lines.append(f"| {name} | {us:.0f} | {us / hook['traitlab']:.2f}x |")
-    lines += [
-        "",
-        "traitlab's hooks do more than a plain add (pad positions are skipped, KV-cached decode steps know",
-        "their absolute position) and are still the cheapest; repeng computes the activation norm and a",
-        "position-id mask on every call. For every library this is ~0.1-0.4% of a SmolLM2 decode step here.",
-        "",
-    ]
+        lines.append(f"| {name} | {med(us):.0f} | {min(us):.0f}-{max(us):.0f} | {100 * med(us) / plain_us:.2f}% | "
+                     f"{med(us) / med(hook['traitlab']):.2f}x |")
+    lines += ["", f"Cheapest steering hook in this run: {cheapest}.", ""]
     return "\n".join(lines)
 
 
@@ -469,35 +487,35 @@ def _peers_python() -> Path:
     return py
 
 
-def run() -> dict[str, Any]:
-    """Benchmark in the peers venv; write results/peers.json and RESULTS.md; return the results."""
-    pairs = int(os.environ.get("BENCH_PEERS_PAIRS", "24"))
-    repeats = int(os.environ.get("BENCH_PEERS_REPEATS", "3"))
-    # One thread by default: on a shared machine, OpenMP threads of a 2-thread torch spin on barriers while
-    # another process holds a core, which made the same forward 2-4x slower and 2x noisier here.
-    threads = int(os.environ.get("BENCH_PEERS_THREADS", "1"))
+def run(quick: bool = False) -> list[Any]:
+    """Benchmark in the peers venv; write results/peers.json and results/peers.md; return the ratios."""
+    from benchmarks.common import threads, write_result
+
+    pairs = int(os.environ.get("BENCH_PEERS_PAIRS", "8" if quick else "24"))
+    repeats = int(os.environ.get("BENCH_PEERS_REPEATS", "2" if quick else "3"))
+    gen_repeats, new_tokens = (3, 16) if quick else (GEN_REPEATS, NEW_TOKENS)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TRAITLAB_ROOT=str(ROOT))
     env.setdefault("TRAITLAB_CACHE", str(ROOT / "outputs" / "cache"))
     proc = subprocess.run([str(_peers_python()), str(Path(__file__).resolve()), "--worker", str(pairs), str(repeats),
-                           str(threads)],
+                           str(threads()), str(gen_repeats), str(new_tokens)],
                           env=env, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"peers benchmark worker failed ({proc.returncode}): {proc.stderr[-3000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["ratios"] = ratios(res)
-    from traitlab.io import atomic_write_json, atomic_write_text
-
-    atomic_write_json(RESULTS_JSON, res)
-    atomic_write_text(RESULTS_MD, render_markdown(res))
-    return res
+    out = ratios(res)
+    res["ratios"] = [r.as_dict() for r in out]
+    res["quick"] = quick
+    table = render_markdown(res)
+    write_result(NAME, res, table)
+    print(table)
+    return out
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        out = _worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        out = _worker(*(int(a) for a in sys.argv[2:7]))
         print(json.dumps(out))
     else:
-        result = run()
-        print(json.dumps(result.get("ratios", {}), indent=2))
-        print(f"wrote {RESULTS_JSON} and {RESULTS_MD}")
+        for ratio in run(quick="--quick" in sys.argv[1:]):
+            print(f"{ratio.name}: {ratio.value:.3f} ± {ratio.noise:.3f} ({ratio.verdict})")

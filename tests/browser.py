@@ -5,22 +5,33 @@ enough to check pages rendered inside MLflow's sandboxed iframe without a WebDri
 `scripts/install_browser.sh`; set TRAITLAB_CHROMIUM to use another binary.
 
     from browser import dump_dom, require_chromium, serve_directory
+
+`mlflow_server` runs a real `mlflow server` on 127.0.0.1 for a store; `grid_rows` reads MLflow's run table
+(ag-grid) out of a dumped DOM.
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,3 +190,211 @@ def parse_dom(html_text: str, container_id: str = "tokens") -> PageDom:
     parser.feed(html_text)
     parser.close()
     return parser.dom
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, workdir: Path, artifacts: Path | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (free port) over `backend_uri`; yields its base URL.
+
+    `artifacts`: where the server stores artifacts logged through it (proxied); runs logged straight into
+    the store keep their own file locations, which the server reads.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", str(artifacts)]
+    log_path = workdir / "mlflow_server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("mlflow server did not start: " + log_path.read_text()[-2000:]) from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server runs uvicorn in children: stop the whole group
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+class _GridParser(HTMLParser):
+    """Collects ag-grid cells: rows are `div[role=row][row-id]` (pinned and centre parts share the id),
+    cells `div[role=gridcell][col-id]`."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: dict[str, dict[str, str]] = {}
+        self._stack: list[tuple[str | None, str | None]] = []  # (row-id opened here, col-id opened here)
+        self._row: str | None = None
+        self._col: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("br", "img", "input", "meta", "link", "hr", "path", "circle", "rect"):
+            return
+        a = dict(attrs)
+        row = a.get("row-id") if a.get("role") == "row" else None
+        col = a.get("col-id") if a.get("role") == "gridcell" and self._row else None
+        if row:
+            self._row = row
+            self.rows.setdefault(row, {})
+        if col:
+            self._col = col
+            self.rows[self._row][col] = ""
+        self._stack.append((row, col))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("br", "img", "input", "meta", "link", "hr", "path", "circle", "rect") or not self._stack:
+            return
+        row, col = self._stack.pop()
+        if col:
+            self._col = None
+        if row:
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._row and self._col:
+            self.rows[self._row][self._col] += data
+
+
+def grid_rows(html_text: str) -> dict[str, dict[str, str]]:
+    """{run id: {column id: cell text}} of MLflow's run table in a dumped DOM; column ids look like
+    metrics.`best/layer`, tags.`method`, attributes.`Description`."""
+    parser = _GridParser()
+    parser.feed(html_text)
+    parser.close()
+    return parser.rows
+
+
+CHROMEDRIVER_NAMES = ("chromedriver", "chromium-driver")
+
+
+def require_chromedriver() -> str:
+    """chromedriver ($TRAITLAB_CHROMEDRIVER or on PATH; scripts/install_browser.sh installs it), else skip."""
+    override = os.environ.get("TRAITLAB_CHROMEDRIVER")
+    path = override if override and Path(override).exists() else None
+    path = path or next((p for p in map(shutil.which, CHROMEDRIVER_NAMES) if p), None)
+    if path is None:
+        pytest.skip("chromedriver is not installed (run scripts/install_browser.sh, or set TRAITLAB_CHROMEDRIVER)")
+    return path
+
+
+class WebDriver:
+    """Just enough of the W3C WebDriver protocol (over chromedriver's HTTP API) to click through a page,
+    including into MLflow's sandboxed artifact iframe, which --dump-dom cannot read. No selenium needed.
+
+        with WebDriver(require_chromedriver(), require_chromium()) as wd:
+            wd.get(url); wd.frame(wd.wait("iframe")); wd.click(wd.wait("button.pick"))
+    """
+
+    ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C web element identifier
+
+    def __init__(self, driver: str, chromium: str, window: tuple[int, int] = (1600, 1000)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self._port = s.getsockname()[1]
+        self._profile = tempfile.TemporaryDirectory(prefix="traitlab-webdriver-")
+        self._proc = subprocess.Popen([driver, f"--port={self._port}"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self._base = f"http://127.0.0.1:{self._port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                if json.loads(urllib.request.urlopen(f"{self._base}/status", timeout=2).read())["value"]["ready"]:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or self._proc.poll() is not None:
+                self._stop_driver()
+                raise RuntimeError("chromedriver did not start")
+            time.sleep(0.2)
+        args = [*CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}", f"--window-size={window[0]},{window[1]}"]
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome",
+                                                 "goog:chromeOptions": {"binary": chromium, "args": args}}}}
+        self._session = f"{self._base}/session/" + self._call("POST", f"{self._base}/session", caps)["sessionId"]
+
+    def _call(self, method: str, url: str, body: dict | None = None) -> Any:
+        data = json.dumps(body if body is not None else {}).encode() if method == "POST" else None
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"webdriver {method} {url.rsplit('/', 2)[-2:]}: {e.read()[:500]!r}") from None
+
+    def _s(self, method: str, path: str, body: dict | None = None) -> Any:
+        return self._call(method, self._session + path, body)
+
+    def get(self, url: str) -> None:
+        self._s("POST", "/url", {"url": url})
+
+    def find_all(self, css: str) -> list[str]:
+        return [e[self.ELEMENT] for e in self._s("POST", "/elements", {"using": "css selector", "value": css})]
+
+    def wait(self, css: str, timeout: float = 60.0, count: int = 1) -> str:
+        """The first element matching `css` once at least `count` exist (polls: the UI renders late)."""
+        deadline = time.time() + timeout
+        while True:
+            found = self.find_all(css)
+            if len(found) >= count:
+                return found[0]
+            if time.time() > deadline:
+                raise TimeoutError(f"no {count} element(s) {css!r} after {timeout}s")
+            time.sleep(0.25)
+
+    def click(self, element: str) -> None:
+        self._s("POST", f"/element/{element}/click")
+
+    def attr(self, element: str, name: str) -> str | None:
+        return self._s("GET", f"/element/{element}/attribute/{name}")
+
+    def text(self, element: str) -> str:
+        return self._s("GET", f"/element/{element}/text")
+
+    def frame(self, element: str | None) -> None:
+        """Switch into an iframe element (None: back to the top document)."""
+        self._s("POST", "/frame", {"id": None if element is None else {self.ELEMENT: element}})
+
+    def execute(self, script: str, *args: Any) -> Any:
+        return self._s("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self._s("GET", "/screenshot")))
+
+    def _stop_driver(self) -> None:
+        os.killpg(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=10)
+        self._profile.cleanup()
+
+    def quit(self) -> None:
+        try:
+            self._call("DELETE", self._session)
+        finally:
+            self._stop_driver()
+
+    def __enter__(self) -> WebDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.quit()

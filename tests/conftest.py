@@ -60,6 +60,15 @@ def char_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_lm(tiny_llama, char_tokenizer):
+    """`tiny_llama` with `char_tokenizer` as a LoadedModel, for code that takes one (generation, capture)."""
+    from traitlab.models.loading import LoadedModel, ModelSpec
+
+    return LoadedModel(model=tiny_llama, tokenizer=char_tokenizer, spec=ModelSpec(name="tiny_llama", id="tiny_llama"),
+                       use_chat_template=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2():
     """A 3-layer GPT-2 (absolute position embeddings) with random weights, eval mode, float32."""
     from transformers import GPT2Config, GPT2LMHeadModel

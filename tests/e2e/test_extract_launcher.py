@@ -59,13 +59,15 @@ def test_extract_multirun_2x2(mlflow_store, tmp_path):
         # the effective config, and where the trait's extraction.yaml settings (the global file's position) came from
         assert {f.path for f in client.list_artifacts(c.info.run_id, "config")} == {
             "config/resolved.yaml", "config/trait_overrides.json"}
-    # the parent shows the layer x method heatmaps built from its children
+    # the parent is named by what it sweeps and shows its children's curves overlaid, one folder per trait
     parent_files = []
     stack = ["figures"]
     while stack:
         for f in client.list_artifacts(parent.info.run_id, stack.pop()):
             (stack.append(f.path) if f.is_dir else parent_files.append(f.path))
-    assert any(p.endswith("val_accuracy_layer_x_method.png") for p in parent_files)
+    assert parent.info.run_name == "extract-sweep trait=optimism,formality method=mean_diff,probe"
+    assert {p.rsplit("/", 1)[-1] for p in parent_files if "optimism" in p} >= {
+        "val_accuracy_by_layer.png", "cv_effect_size_by_layer.png", "method_cosine_by_layer.png"}
     # the registry finds the vectors; the best one loads as a unit vector of the model's width
     refs = find_vectors("starter/optimism", "smollm2_135m", experiment="e2e")
     assert {(r.method, r.layer) for r in refs} == {(m, n) for m in ("mean_diff", "probe") for n in (10, 12)}

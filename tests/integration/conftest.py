@@ -4,6 +4,7 @@
 whose `stop()` / `start()` / `restart()` and `outage()` context manager let a test simulate a judge
 outage mid-study. The server is always terminated at the end of the session (and at interpreter exit).
 Install it with `scripts/install_llama_server.sh` (make/CI do this); without it these tests skip.
+`extract_sweep` (session) is a real store holding an extraction sweep (parent + two methods) on SmolLM2.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -148,3 +150,44 @@ def llama_server_process(tmp_path_factory) -> Iterator[LlamaServer]:
 def llama_server(llama_server_process: LlamaServer) -> Iterator[str]:
     """Base URL (http://127.0.0.1:PORT/v1) of the running local judge server."""
     yield llama_server_process.base_url
+
+
+class ExtractSweep(NamedTuple):  # not a dataclass: tests/reliability loads this file outside sys.modules
+    """A real store holding one extraction sweep: a parent run over mean_diff and probe on SmolLM2."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    child_run_ids: list[str]
+
+
+@pytest.fixture(scope="session")
+def extract_sweep(tmp_path_factory, smollm2) -> Iterator[ExtractSweep]:
+    """starter/optimism at layers 8,10,12,14 with mean_diff and probe, summarised on their parent as a
+    multirun's callback does (the launcher path itself is covered by tests/e2e)."""
+    from traitlab.config.schema import (
+        ExtractConfig,
+        ExtractionConfig,
+        MethodConfig,
+        TrackingConfig,
+        TraitConfig,
+    )
+    from traitlab.pipelines.extract import run_extract
+    from traitlab.tracking.store import ensure_store
+    from traitlab.tracking.summary import summarize_sweep
+
+    root = tmp_path_factory.mktemp("extract_sweep")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRAITLAB_OUTPUTS", str(root / "outputs"))
+        client, exp_id = ensure_store(uri, "dashboard")
+        parent = client.create_run(exp_id, run_name="extract-sweep method=mean_diff,probe",
+                                   tags={"traitlab.stage": "extract_sweep"}).info.run_id
+        children = [run_extract(ExtractConfig(trait=TraitConfig(name="starter/optimism"), method=MethodConfig(name=m),
+                                              layers="8,10,12,14", extraction=ExtractionConfig(n_bootstrap=200),
+                                              tracking=TrackingConfig(experiment="dashboard", uri=uri)),
+                                parent_run_id=parent, lm=smollm2).run_id
+                    for m in ("mean_diff", "probe")]
+        summarize_sweep(client, exp_id, parent)
+        client.set_terminated(parent, status="FINISHED")
+    yield ExtractSweep(uri, exp_id, parent, children)

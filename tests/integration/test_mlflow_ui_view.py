@@ -11,20 +11,14 @@ scripts run under the page's own Content-Security-Policy.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
 
 from browser import dump_dom, parse_dom, require_chromium, serve_directory
+from browser import mlflow_server as real_mlflow_server
 from traitlab.pipelines.infer import Scored, TextItem, TraitVector, build_record, write_views
 from traitlab.tracking.registry import VectorRef
 from traitlab.tracking.runs import job_run
@@ -34,63 +28,11 @@ pytestmark = pytest.mark.slow
 TOKENS = ["<|im_start|>user\n", "Hi", "<|im_end|>\n", " Hello", " <b>there</b>", "!"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real MLflow tracking server on 127.0.0.1 (sqlite backend, artifacts proxied by the server)."""
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server_artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(
-                        "mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:]
-                    ) from None
-                time.sleep(0.5)
+    with real_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, tmp_path / "server_artifacts") as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server runs uvicorn in children: stop the whole group
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 def _record() -> dict:
@@ -161,9 +103,11 @@ def test_view_served_by_mlflow_renders_scored_tokens(mlflow_server, tmp_path, mo
         assert float(span.attrs["data-score"]) == pytest.approx(want)
     assert not dom.tags("b")  # no element was created from model text
 
-    # the index page comes through the same endpoint and links the prompt page
+    # the index comes through the same endpoint and holds the prompt itself: MLflow's sandboxed frame cannot
+    # follow a link to another artifact (tests/integration/test_mlflow_inference_index.py clicks through it)
     index_url = f"{mlflow_server}/get-artifact?" + urllib.parse.urlencode(
         {"path": "views/index.html", "run_uuid": run.run_id}
     )
     with urllib.request.urlopen(index_url, timeout=30) as resp:
-        assert 'href="prompts/p_1.html"' in resp.read().decode()
+        index = resp.read().decode()
+    assert "href=" not in index and " Hello &lt;b&gt;there&lt;/b&gt;!" in index

@@ -8,7 +8,9 @@ from urllib.parse import urljoin
 import pytest
 
 from browser import dump_dom, parse_dom, require_chromium, serve_directory
-from traitlab.viz.token_view import index_entry, render_index_html, render_token_html, token_colour
+from traitlab.monitor.run_index import index_data
+from traitlab.viz.token_index import render_run_index
+from traitlab.viz.token_view import render_token_html, token_colour
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +20,9 @@ PROMPT_TOKENS = ["<|im_start|>user\n", "Say hi", "<|im_end|>\n"]
 RESPONSE_TOKENS = [" Hello", PWN_SCRIPT, " and", PWN_IMG, "!", "\u2028", " bye"]
 TOKENS = PROMPT_TOKENS + RESPONSE_TOKENS
 TITLE = "p1 — traitlab tokens"
+RECORD2 = {"prompt_id": "p2", "prompt": "Go", "response": " No way", "tokens": ["Go", " No", " way"],
+           "n_prompt_tokens": 1, "model": "SmolLM2-135M-Instruct",
+           "traits": {"alpha": {"layers": {"5": {"scores": [0.0, -0.4, 0.8], "mode": "cosine"}}}}}
 
 RECORD = {
     "prompt_id": "p1",
@@ -43,9 +48,7 @@ def site(tmp_path_factory) -> str:
     root: Path = tmp_path_factory.mktemp("token_view")
     (root / "prompts").mkdir()
     (root / "prompts" / "p1.html").write_text(render_token_html(RECORD), encoding="utf-8")
-    (root / "index.html").write_text(
-        render_index_html([index_entry(RECORD, "prompts/p1.html")]), encoding="utf-8"
-    )
+    (root / "index.html").write_text(render_run_index(index_data([RECORD, RECORD2], title="run")), encoding="utf-8")
     with serve_directory(root) as base:
         yield base
 
@@ -91,8 +94,16 @@ def test_url_hash_selects_trait_and_layer(site, chromium):
     assert dom.title == TITLE
 
 
-def test_index_links_to_the_prompt_page(site, chromium):
-    index = parse_dom(dump_dom(urljoin(site, "index.html"), binary=chromium))
-    (link,) = index.tags("a")
-    page = parse_dom(dump_dom(urljoin(urljoin(site, "index.html"), link["href"]), binary=chromium))
-    assert page.title == TITLE and page.container["data-rendered"] == "js"
+def test_run_index_shows_any_prompt_in_the_same_page(site, chromium):
+    """The index never navigates (MLflow's sandboxed frame cannot follow a link to another artifact): the
+    prompt named in the hash is rendered in place, on the scale every prompt shares."""
+    dom = parse_dom(dump_dom(urljoin(site, "index.html#prompt=p2&label=alpha%20L5"), binary=chromium))
+    assert dom.tags("a") == []
+    assert dom.container["data-rendered"] == "js" and dom.container["data-prompt"] == "p2"
+    assert [s.text for s in dom.spans] == RECORD2["tokens"]
+    assert [s.attrs.get("data-score") for s in dom.spans] == ["0", "-0.4", "0.8"]
+    # one scale for both prompts: the 98th percentile of |score| over p1's and p2's response tokens at L5
+    pooled = sorted(abs(x) for x in [0.45, -0.15, 0.0, 0.3, -0.6, 0.125, -0.4, 0.8])  # None and prompt left out
+    rank = 0.98 * (len(pooled) - 1)
+    scale = pooled[int(rank)] + (rank - int(rank)) * (pooled[int(rank) + 1] - pooled[int(rank)])
+    assert f"background-color: {token_colour(0.8, scale)[0]}" in dom.spans[2].attrs["style"]

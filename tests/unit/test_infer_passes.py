@@ -144,7 +144,9 @@ def test_build_record_modes_and_view_slice():
     assert layer["cosine"] == pytest.approx([8 / 90, 1.0, 4 / 6])
     assert rec["norms"]["2"] == [90.0, 2.0, 6.0] and rec["n_prompt_tokens"] == 1
     slim = view_record(rec)
-    assert set(slim["traits"]["cat/a"]["layers"]["2"]) == {"scores", "mode"} and "norms" not in slim
+    # the page keeps the selected mode, and the vector's provenance and baseline for its header
+    assert set(slim["traits"]["cat/a"]["layers"]["2"]) == {"scores", "mode", "vector", "baseline"}
+    assert slim["traits"]["cat/a"]["layers"]["2"]["vector"]["selection"] == "val_effect_size" and "norms" not in slim
     json.dumps(rec)  # plain JSON
 
 

@@ -19,9 +19,7 @@ from browser import parse_dom
 from traitlab.errors import DataError, TraitlabError
 from traitlab.viz import figures as F
 from traitlab.viz.token_view import (
-    index_entry,
     normalize_record,
-    render_index_html,
     render_token_html,
     token_colour,
 )
@@ -200,27 +198,6 @@ def test_normalize_record_converts_int_layer_keys_to_strings():
     rec = _record()
     rec["traits"] = {"evil": {"layers": {7: rec["traits"]["evil"]["layers"]["7"]}}}
     assert list(normalize_record(rec)["traits"]["evil"]["layers"]) == ["7"]
-
-
-def test_index_page_links_relatively_and_escapes_text():
-    rec = _record()
-    entries = [index_entry(rec, "prompts/p 1.html"), {"href": "p2.html", "prompt_id": "<b>p2</b>"}]
-    page = render_index_html(entries)
-    hrefs = [a["href"] for a in parse_dom(page).tags("a")]
-    assert hrefs == ["prompts/p%201.html", "p2.html"]
-    assert "<b>p2</b>" not in page and "&lt;b&gt;p2&lt;/b&gt;" in page
-    assert "<script" not in page
-    # mean of the first layer (3) over response scores 0.1, -0.4, 0.2, 0.3, -0.1, 0.05 (None skipped)
-    assert entries[0]["scores"]["sycophancy"] == pytest.approx(0.15 / 6)
-    assert "+0.0250" in page
-
-
-@pytest.mark.parametrize(
-    "href", ["/abs.html", "https://x.org/a.html", "javascript:alert(1)", "../up.html", ""]
-)
-def test_index_rejects_non_relative_links(href):
-    with pytest.raises(DataError, match="relative path"):
-        render_index_html([{"href": href, "prompt_id": "p"}])
 
 
 # --------------------------------------------------------------------------------------------- figures

@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from traitlab.config.infer import InferConfig
 from traitlab.pipelines.infer import run_infer
+from traitlab.tracking.artifacts import INDEX_PAGE
 from traitlab.tracking.callbacks import parent_run_id_from_hydra
 
 
@@ -17,4 +18,5 @@ def task(cfg: DictConfig) -> float:
         print(f"activations: {res.capture_dir}  (score them later with mode=reproject)")
     if res.first_page:
         print(f"first view: {res.first_page}  ({res.first_page_uri}); browse it with `make ui`")
+        print(f"every prompt in one page: {INDEX_PAGE} (opens inside the MLflow UI's artifact viewer)")
     return res.mean_score()

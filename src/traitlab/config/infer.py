@@ -26,7 +26,7 @@ class InferenceConfig:
     """conf/inference/default.yaml."""
 
     score_mode: str = "normalized"  # raw | normalized (÷ mean ‖h‖ of the response) | cosine (÷ ‖h‖)
-    centered: bool = False  # subtract the vector's baseline (training centroid projection)
+    centered: bool = True  # subtract the vector's baseline (training centroid projection): 0 = neutral
     clean_massive: bool = False  # zero the massive dims of the vectors before projecting
     massive: MassiveConfig = field(default_factory=MassiveConfig)
     component: str = "residual"  # vectors of this component are projected

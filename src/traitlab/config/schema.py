@@ -48,9 +48,10 @@ class GenerationConfig:
 @dataclass
 class JudgeConfig:
     """conf/judge/<backend>.yaml. null model: gpt-4.1-mini (openai), the server's first model
-    (openai_compatible), smollm2_135m (hf_local: the in-process model, reused when it is the steered one)."""
+    (openai_compatible), smollm2_135m (hf_local: the in-process model, reused when it is the steered one).
+    backend perplexity: no LLM judge, coherence only (from the unsteered model's perplexity)."""
 
-    backend: str = "openai"
+    backend: str = "perplexity"
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None

@@ -22,6 +22,8 @@ Dotted paths are relative to the model object passed in, so ``model.get_submodul
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -102,6 +104,34 @@ def get_decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def num_layers(model: nn.Module) -> int:
     return len(get_decoder_layers(model))
+
+
+@contextmanager
+def running_only_layers(model: nn.Module, start: int, stop: int) -> Iterator[None]:
+    """Inside the block, a forward of the trunk runs decoder layers [start, stop) only, then its final norm.
+
+    The blocks are the same modules (same weights, hooks and ``layer_idx``, so a KV cache fills at the right
+    layer indices); only the list the trunk iterates is swapped, and restored on exit. Models whose forward
+    picks a mask or rotary table by the loop index (mixed sliding/full attention layers) would misread a
+    slice: callers check ``uniform_attention(model)`` first. Enter layer hooks BEFORE this block: inside it,
+    layer lookups see the slice.
+    """
+    path, layers = _find_layers(model)
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= len(layers)):
+        raise ModelError(f"running_only_layers: need 0 <= start < stop <= {len(layers)}, got [{start}, {stop})")
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, nn.ModuleList(list(layers)[start:stop]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, layers)
+
+
+def uniform_attention(model: nn.Module) -> bool:
+    """True when every decoder layer is a full-attention layer (no per-layer mask or rotary variants)."""
+    kinds = getattr(_text_config(model), "layer_types", None)
+    return kinds is None or all(kind == "full_attention" for kind in kinds)
 
 
 def _text_config(model: nn.Module):

@@ -106,3 +106,14 @@ def fit_and_score(method: ExtractionMethod, pos: Tensor, neg: Tensor, split: Spl
     m.update(_prefixed("diag_", preflight(tr_p, tr_n, v, *lens, paired=paired)))
     m.update(_prefixed("method_", numeric_metadata(meta)))
     return LayerFit(v, m, meta)
+
+
+def projections(v: Tensor, pos: Tensor, neg: Tensor, split: Split,
+                ood: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+    """Cosine of each example's activation with `v`, by part: train_pos, train_neg, val_pos, val_neg and,
+    with `ood`, ood_pos, ood_neg (the scores every accuracy and effect size above is computed from)."""
+    out = {f"{part}_{side}": batch_cosine_similarity(acts[split[f"{part}_{side}"]], v)
+           for part in ("train", "val") for side, acts in (("pos", pos), ("neg", neg))}
+    if ood is not None:
+        out.update(ood_pos=batch_cosine_similarity(ood[0], v), ood_neg=batch_cosine_similarity(ood[1], v))
+    return out

@@ -142,17 +142,24 @@ def build_judge(jcfg: Mapping[str, Any], lm: Any = None) -> Scorer:
     """The judge; an in-process judge (or perplexity scorer) reuses the loaded model when it is the same one."""
     from traitlab.models.identity import identity_of
 
-    same = lm is not None and (jcfg["backend"] != "hf_local"
-                               or identity_of(jcfg.get("model") or "smollm2_135m").key == lm.identity.key)
+    backend, name = jcfg["backend"], jcfg.get("model")
+    if backend == "perplexity":   # null model: the steered model judges its own steered answers, unsteered
+        same = lm is not None and (name is None or identity_of(name).key == lm.identity.key)
+    elif backend == "hf_local":
+        same = lm is not None and identity_of(name or "smollm2_135m").key == lm.identity.key
+    else:                         # only a perplexity coherence combined with a remote judge runs in process
+        same = lm is not None
     return make_judge(jcfg, model=lm if same else None)
 
 
 def judge_identity(jcfg: Mapping[str, Any], trait: Any) -> str:
     """Hash of everything that changes a judge score of `trait` (a TraitDataset): semantic settings and the
-    prompt texts used."""
+    prompt texts used (none for the perplexity backend, which reads no prompt)."""
+    semantic = {k: jcfg.get(k) for k in JUDGE_SEMANTIC}
+    if jcfg["backend"] == "perplexity":
+        return content_hash("judge-id-v1", semantic)
     spec = trait.steering
     texts = prompt_texts(jcfg, eval_prompt=spec.eval_prompt if spec else None, trait=trait.qualified_name)
-    semantic = {k: jcfg.get(k) for k in JUDGE_SEMANTIC}
     if jcfg.get("rubric", "trait") != "trait":  # only then: studies judged by the default rubric keep their names
         semantic["rubric"] = jcfg["rubric"]
     return content_hash("judge-id-v1", semantic, texts, trait.definition or "")

@@ -1,7 +1,9 @@
 """Pooled activations of (prompt, response) examples: one prefill pass, pooled inside the hooks.
 
 Never keeps all-token activations (the hook pools the position span as it goes), never computes logits
-(the forward stops after the deepest requested layer), and batches by length to cut padding.
+(the forward stops after the deepest requested layer), never runs tokens after a row's span (causal
+attention: they cannot change it, so `prompt[-1]` runs the prompt alone), and batches by length to cut
+padding.
 """
 
 from __future__ import annotations
@@ -13,14 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from traitlab.core.hooks import MultiLayerCapture
-from traitlab.core.positions import (
-    PositionError,
-    PositionSpec,
-    Segments,
-    parse_position,
-    resolve_batch,
-    resolve_span,
-)
+from traitlab.core.positions import PositionError, PositionSpec, Segments, parse_position, resolve_span
 from traitlab.models.batching import run_halving
 from traitlab.models.chat import PromptLayout
 from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, padded_inputs
@@ -79,20 +74,24 @@ def capture_pooled(
 ) -> torch.Tensor:
     """Return float32 [N, len(layers), D]: the component at each layer, mean-pooled over `position`."""
     spec = parse_position(position)
-    enc, segs = encode_with_frames(lm, pairs, spec, max_length)
+    full, segs = encode_with_frames(lm, pairs, spec, max_length)
+    spans = []
     for i, s in enumerate(segs):  # fail before any forward if a row has nothing at this position
         try:
-            resolve_span(spec, s)
+            spans.append(resolve_span(spec, s))
         except PositionError as e:
             raise PositionError(f"row {i}: {e}") from None
+    enc = [Encoded(e.ids[:stop], min(e.prompt_len, stop)) for e, (_, stop) in zip(full, spans, strict=True)]
     layers = list(layers)
     out: torch.Tensor | None = None
     bar = tqdm(total=len(enc), desc=desc, leave=False, **({"disable": True} if desc is None else {}))
 
     def run(rows: list[int]) -> list[torch.Tensor]:
         inputs = padded_inputs([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
-        spans = resolve_batch(spec, [segs[i] for i in rows], inputs["input_ids"].shape[1]).to(lm.device)
-        cap = MultiLayerCapture(lm.model, layers, component=component, spans=spans, pool="mean", stop_after_last=True)
+        width = inputs["input_ids"].shape[1]
+        # Each truncated row ends at its span's stop, so with left padding every span ends at column `width`.
+        cols = torch.tensor([[spans[i][0] - enc[i].seq_len + width, width] for i in rows], device=lm.device)
+        cap = MultiLayerCapture(lm.model, layers, component=component, spans=cols, pool="mean", stop_after_last=True)
         with cap:
             lm.model(**inputs, use_cache=False)
         acts = torch.stack([cap.get(layer) for layer in layers], dim=1).float().cpu()  # [b, L, D]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -35,14 +36,35 @@ def generate_batch(
 ) -> list[Generation]:
     """One generate call for these prompts (already chat-formatted); returns only the new tokens."""
     tok = lm.tokenizer
-    enc = [encode(tok, t) for t in prompt_texts]
-    ids, mask = pad_left(enc, pad_id_of(tok), lm.device)
+    ids, mask = pad_left([encode(tok, t) for t in prompt_texts], pad_id_of(tok), lm.device)
+    return generate_padded(lm, ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                           temperature=temperature, top_p=top_p, seed=seed)
+
+
+@torch.inference_mode()
+def generate_padded(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    past_key_values: Any = None,
+) -> list[Generation]:
+    """One generate call on a left-padded batch; `past_key_values` may already hold a prefix of the prompts
+    (generate then runs only the prompt columns the cache lacks). Returns only the new tokens."""
+    tok = lm.tokenizer
     torch.manual_seed(seed)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id_of(tok))
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id_of(tok))
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    if past_key_values is not None:
+        kwargs["past_key_values"] = past_key_values
     out = lm.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     new = out[:, ids.shape[1]:].tolist()
     eos = {tok.eos_token_id, pad_id_of(tok)}

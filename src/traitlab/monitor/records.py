@@ -76,10 +76,12 @@ def build_record(
 
 
 def view_record(record: dict[str, Any]) -> dict[str, Any]:
-    """What the HTML page embeds: the record without ids, norms and the non-selected score modes."""
+    """What the HTML page embeds: the record without ids, norms and the non-selected score modes (each layer
+    keeps its vector's provenance and baseline for the page's header)."""
     slim = {k: record[k] for k in ("prompt_id", "prompt", "response", "tokens", "n_prompt_tokens", "model")}
     slim["traits"] = {
-        t: {"layers": {ly: {"scores": e["scores"], "mode": e["mode"]} for ly, e in d["layers"].items()}}
+        t: {"layers": {ly: {"scores": e["scores"], "mode": e["mode"],
+                            **{k: e[k] for k in ("vector", "baseline") if k in e}} for ly, e in d["layers"].items()}}
         for t, d in record["traits"].items()
     }
     return slim

@@ -68,7 +68,12 @@ class TraitVector:
             "position": r.position,
             "layer": self.layer,
             "selection": self.selection,
+            "selection_score": _finite_or_none(getattr(r, "score", None)),
         }
+
+
+def _finite_or_none(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
 
 def resolve_traits(traits: Any, model: str, experiment: str, uri: str | None) -> list[str]:

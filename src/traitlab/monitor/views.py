@@ -14,6 +14,7 @@ from traitlab.core.massive import detect_massive_dims, record_max_abs, summarize
 from traitlab.errors import ConfigError
 from traitlab.io import atomic_write_json, atomic_write_text, read_json
 from traitlab.monitor.records import mean_scores, summary_rows, view_record
+from traitlab.monitor.run_index import index_data, page_scales
 from traitlab.tracking.artifacts import (
     FIGURES,
     INDEX_PAGE,
@@ -49,18 +50,20 @@ def _series(record: dict[str, Any], response_only: bool) -> tuple[list[str], dic
 
 
 def write_views(out: Path, records: Sequence[dict[str, Any]], *, title: str, max_figures: int) -> list[str]:
-    """Per prompt: JSON, HTML page, trajectory and heatmap PNGs; plus the index. Returns the page paths."""
+    """Per prompt: JSON, HTML page, trajectory and heatmap PNGs; plus the index, one page holding every prompt
+    (MLflow's sandboxed viewer cannot follow links between artifacts). Returns the per-prompt page paths."""
     from traitlab.viz.figures import trait_token_heatmap, trajectory_figure
-    from traitlab.viz.token_view import index_entry, render_index_html, render_token_html
+    from traitlab.viz.token_index import render_run_index
+    from traitlab.viz.token_view import render_token_html
 
-    pages, entries = [], []
+    index = index_data(records, title=title)
+    scales = page_scales(index)
+    pages = []
     for i, (rec, s) in enumerate(zip(records, unique_slugs([r["prompt_id"] for r in records]), strict=True)):
         atomic_write_json(out / PROJECTIONS / f"{s}.json", rec)
-        slim = view_record(rec)
         page = view_page(s)
-        atomic_write_text(out / page, render_token_html(slim))
+        atomic_write_text(out / page, render_token_html(view_record(rec), scales))
         pages.append(page)
-        entries.append(index_entry(slim, f"prompts/{s}.html"))
         if i < max_figures and rec["traits"]:
             response_only = len(rec["tokens"]) > rec["n_prompt_tokens"]
             tokens, series = _series(rec, response_only)
@@ -72,7 +75,7 @@ def write_views(out: Path, records: Sequence[dict[str, Any]], *, title: str, max
             fig.suptitle(f"{rec['prompt_id']} ({rec['score_mode']})", fontsize=8)
             (out / FIGURES / "heatmaps").mkdir(parents=True, exist_ok=True)
             fig.savefig(out / FIGURES / "heatmaps" / f"{s}.png", dpi=110)
-    atomic_write_text(out / INDEX_PAGE, render_index_html(entries, title=title))
+    atomic_write_text(out / INDEX_PAGE, render_run_index(index))
     return pages
 
 

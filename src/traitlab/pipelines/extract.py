@@ -26,10 +26,10 @@ from traitlab.config.schema import ExtractConfig, MethodConfig, TraitConfig
 from traitlab.config.trait_overrides import apply_trait_overrides
 from traitlab.core.components import COMPONENTS, component_dim
 from traitlab.core.diagnostics import confound_warnings, length_stats
-from traitlab.core.evaluation import fit_and_score
+from traitlab.core.evaluation import fit_and_score, projections
 from traitlab.core.layers import parse_layers
 from traitlab.core.methods import derive_seed, get_method
-from traitlab.core.metrics import argmax_finite
+from traitlab.core.metrics import argmax_finite, midpoint_threshold
 from traitlab.core.positions import parse_position
 from traitlab.core.vecmath import pairwise_cosine_matrix
 from traitlab.data import TraitDataset, load_trait, resolve_trait_dir
@@ -50,7 +50,16 @@ from traitlab.pipelines.trait_data import (
     vetting_key,
 )
 from traitlab.tracking.artifacts import save_vector, vector_dir, vector_path
-from traitlab.tracking.names import auto_batch_metric, best_metric, layer_metric
+from traitlab.tracking.datasets import log_trait_dataset
+from traitlab.tracking.names import (
+    NOT_METRICS,
+    PARTS,
+    auto_batch_metric,
+    best_metric,
+    layer_metric,
+    series_names,
+)
+from traitlab.tracking.notes import interval, part_n, set_run_note, short_metric
 from traitlab.tracking.runs import JobRun, stage_run
 
 log = logging.getLogger(__name__)
@@ -78,6 +87,7 @@ class Extraction:
     reference: str | None = None  # the reference set the trait was contrasted with (no negatives of its own)
     vetting: VettingOutcome | None = None
     batch_sizes: dict[str, int] = field(default_factory=dict)  # `auto` batch sizes as resolved for this job
+    projections: dict[str, torch.Tensor] = field(default_factory=dict)  # cosines at the best layer, by part
 
     @property
     def best_layer(self) -> int | None:
@@ -205,6 +215,10 @@ def extract_vectors(acts: Acts, layers: list[int], method_name: str, method_kwar
     best = out.best_layer
     if best is None:
         out.warnings.append(f"no layer has a defined {out.selection}: no best layer is chosen")
+    else:
+        j = layers.index(best)
+        out.projections = projections(vectors[best], pos[:, j], neg[:, j], split,
+                                      (acts["ood_positive"][:, j], acts["ood_negative"][:, j]) if has_ood else None)
     out.warnings += confound_warnings({**data_stats, **(out.diagnostics(best) if best is not None else {})})
     for w in out.warnings:
         log.warning("%s", w)
@@ -224,11 +238,13 @@ def _json_safe(x: Any) -> Any:
 
 
 def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: LoadedModel, ex: Extraction) -> None:
-    from traitlab.viz.figures import cosine_matrix_figure, layer_curve_figure, layer_method_heatmap
+    from traitlab.viz.extraction import accuracy_figure, best_layer_histogram, effect_size_figure, run_curves
+    from traitlab.viz.figures import cosine_matrix_figure
 
     layers, metrics = ex.layers, ex.metrics
+    series = series_names(metrics)
     for layer in layers:  # per-layer series: layer/<metric>, step = layer
-        run.log_metrics(_rounded(metrics[layer], layer_metric), step=layer)
+        run.log_metrics(_rounded({k: v for k, v in metrics[layer].items() if k in series}, layer_metric), step=layer)
     run.log_metrics({**{k: float(v) for k, v in ex.counts.items()}, **_rounded(ex.data_stats, lambda k: f"data/{k}")})
     _log_preparation(run, ex)
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,16 +261,16 @@ def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: Loade
         d = vector_dir(cfg.component.name, cfg.position.spec, cfg.method.name)
         run.log_artifacts(Path(tmp) / d, d)
     faults.maybe_fail("log")
-    curves, bands = {}, {}
-    for part in ("cv", "val", "ood"):
-        key = f"{cfg.method.name}:{part}_accuracy"
-        per = {lyr: metrics[lyr][f"{part}_accuracy"] for lyr in layers if f"{part}_accuracy" in metrics[lyr]}
-        if per:
-            curves[key] = per
-            bands[key] = {lyr: (metrics[lyr][f"{part}_accuracy_lo"], metrics[lyr][f"{part}_accuracy_hi"]) for lyr in per}
-    run.log_figure(layer_curve_figure(curves, "accuracy (95% Wilson band)", bands), "figures/accuracy_by_layer.png")
-    run.log_figure(layer_method_heatmap({(cfg.method.name, lyr): metrics[lyr].get(ex.selection) for lyr in layers},
-                                        ex.selection), "figures/layer_method_heatmap.png")
+    title = f"{trait.qualified_name} · {cfg.method.name}"
+    best = ex.best_layer
+    for stat, figure in (("accuracy", accuracy_figure), ("effect_size", effect_size_figure)):
+        curves, bands = run_curves({lyr: metrics[lyr] for lyr in layers}, ex.counts, stat, cfg.method.name)
+        if curves:
+            run.log_figure(figure(curves, bands, title, best), f"figures/{stat}_by_layer.png")
+    if best is not None and ex.projections:
+        p = ex.projections
+        run.log_figure(best_layer_histogram(p, best, midpoint_threshold(p["train_pos"], p["train_neg"]), title),
+                       "figures/projections_best_layer.png")
     stacked = torch.stack([ex.vectors[lyr] for lyr in layers])
     run.log_figure(cosine_matrix_figure([f"L{lyr}" for lyr in layers], pairwise_cosine_matrix(stacked).numpy()),
                    "figures/vector_cosine_by_layer.png")
@@ -263,17 +279,18 @@ def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: Loade
                   "tables/metrics_by_layer.json")
     run.log_dict({str(lyr): _json_safe(ex.method_metadata[lyr]) for lyr in layers}, "tables/method_metadata.json")
     run.set_tag("traitlab.selection", ex.selection)
-    best = ex.best_layer
     if best is not None:
         run.set_tag("best_layer", best)
-        run.log_metrics({best_metric("layer"): float(best), **_rounded(metrics[best], best_metric)})
+        summary = {k: v for k, v in metrics[best].items() if k not in NOT_METRICS}
+        run.log_metrics({best_metric("layer"): float(best), **_rounded(summary, best_metric)})
     confounds = [w for w in ex.warnings if "length" in w]
     if confounds:
         run.set_tag("traitlab.confound", "length")
         run.set_tag("traitlab.confound_detail", "; ".join(confounds)[:1000])
     if any(w.startswith(cfg.method.name) for w in ex.warnings):
         run.set_tag("traitlab.method_warnings", "; ".join(w for w in ex.warnings if w.startswith(cfg.method.name))[:1000])
-    run.set_tag("mlflow.note.content", describe(trait.qualified_name, cfg.method.name, ex))
+    log_trait_dataset(run.client, run.run_id, trait, ex.counts)
+    set_run_note(run.client, run.run_id, describe(trait.qualified_name, cfg.method.name, ex))
 
 
 def _log_preparation(run: JobRun, ex: Extraction) -> None:
@@ -290,17 +307,27 @@ def _log_preparation(run: JobRun, ex: Extraction) -> None:
 
 
 def describe(trait: str, method: str, ex: Extraction) -> str:
-    """The run's markdown description: verdict at the best layer with intervals, sample sizes, warnings."""
+    """The run's description: a plain verdict line (the run table's Description column shows it), then the
+    held-out results at the best layer with their 95% intervals, every sample size and the warnings."""
     c, best = ex.counts, ex.best_layer
-    lines = [f"**{trait} · {method}**: "
-             + (f"best layer {best} (chosen on {ex.selection})" if best is not None else "no best layer (undefined)")]
+    n = f"n {part_n(c, 'train')} train, {part_n(c, 'val')} val"
+    if best is None:
+        lines = [f"no best layer: {ex.selection} is undefined at every layer; {n}"]
+    else:
+        m = ex.metrics[best]
+        sel = ex.selection
+        lines = [f"best layer {best}: {short_metric(sel)} {interval(m[sel], m[f'{sel}_lo'], m[f'{sel}_hi'])}"
+                 + (f"; OOD acc {interval(m['ood_accuracy'], m['ood_accuracy_lo'], m['ood_accuracy_hi'])}"
+                    if "ood_accuracy" in m else "") + f"; {n}"]
+    lines += ["", f"**{trait} · {method}**" + (f", best layer {best} chosen on {ex.selection}" if best is not None
+                                               else "") + " (d: Cohen's d of the cosine scores)"]
     if best is not None:
         m = ex.metrics[best]
-        for part, label in (("cv", "cross-validated"), ("val", "held-out"), ("ood", "OOD")):
+        for part, label in PARTS:
             if f"{part}_accuracy" in m:
-                lines.append(f"- {label}: accuracy {m[f'{part}_accuracy']:.2f} [{m[f'{part}_accuracy_lo']:.2f}, "
-                             f"{m[f'{part}_accuracy_hi']:.2f}], effect size {m[f'{part}_effect_size']:.2f} "
-                             f"[{m[f'{part}_effect_size_lo']:.2f}, {m[f'{part}_effect_size_hi']:.2f}]")
+                lines.append(f"- {label} (n {part_n(c, part)}): accuracy "
+                             f"{interval(m[f'{part}_accuracy'], m[f'{part}_accuracy_lo'], m[f'{part}_accuracy_hi'])}, "
+                             f"effect size {interval(m[f'{part}_effect_size'], m[f'{part}_effect_size_lo'], m[f'{part}_effect_size_hi'])}")
     lines.append("- n: " + ", ".join(f"{k.removeprefix('n_')} {v}" for k, v in c.items()))
     if ex.vetting is not None:
         v = ex.vetting.counts

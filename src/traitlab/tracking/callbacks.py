@@ -48,11 +48,12 @@ class MLflowSweepCallback(Callback):
         client, exp_id = ensure_store(tracking.get("uri"), tracking.get("experiment", "traitlab"))
         stage = config.hydra.job.name
         sweep_dir = Path(config.hydra.sweep.dir)
+        overrides = [redact_override(str(o)) for o in config.hydra.overrides.task]
         run = client.create_run(
             exp_id,
-            run_name=f"{stage}-sweep-{sweep_dir.name}",
+            run_name=sweep_run_name(stage, overrides, sweep_dir.name),
             tags={"traitlab.stage": f"{stage}_sweep", "traitlab.sweep_dir": str(sweep_dir), "git_commit": git_commit(),
-                  "traitlab.overrides": " ".join(redact_override(str(o)) for o in config.hydra.overrides.task)[:5000]},
+                  "traitlab.overrides": " ".join(overrides)[:5000]},
         )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(sweep_dir / PARENT_FILE, run.info.run_id)
@@ -82,6 +83,20 @@ class MLflowSweepCallback(Callback):
             client.set_terminated(run_id, status="FAILED")
             raise
         print(f"MLflow parent run: {run_id}")
+
+
+def sweep_run_name(stage: str, overrides: list[str], fallback: str) -> str:
+    """'extract-sweep method=mean_diff,probe': a parent is named by what it sweeps (the overrides with several
+    values), not by the clock; the sweep directory's name when nothing is swept."""
+    swept = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if "," not in value or value[:1] in "'\"[({" or key.startswith("hydra."):
+            continue  # one value (a quoted list, a DSL string) or Hydra's own settings
+        if key.lstrip("+~") == "trait":  # starter/optimism,starter/refusal -> optimism,refusal
+            value = ",".join(v.rsplit("/", 1)[-1] for v in value.split(","))
+        swept.append(f"{key}={value}")
+    return (f"{stage}-sweep " + " ".join(swept) if swept else f"{stage}-sweep-{fallback}")[:250]
 
 
 def _protect_secrets(config: DictConfig) -> None:

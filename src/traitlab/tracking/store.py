@@ -107,6 +107,9 @@ def ensure_store(uri: str | None = None, experiment: str = "traitlab") -> tuple[
             exp_id = client.create_experiment(experiment, artifact_location=_experiment_artifacts(uri, experiment))
         else:
             exp_id = exp.experiment_id
+        from traitlab.tracking.dashboard import prepare_experiment
+
+        prepare_experiment(client, exp_id)  # the UI's classic run table, traitlab's columns, a description
         if db is not None:
             _enable_wal(db)
     finally:

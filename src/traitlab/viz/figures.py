@@ -34,6 +34,7 @@ __all__ = [
     "layer_method_heatmap",
     "model_diff_figure",
     "pca_scatter_figure",
+    "projection_histogram_figure",
     "steering_curve_figure",
     "trait_token_heatmap",
     "trajectory_figure",
@@ -44,6 +45,10 @@ LABEL_FONT = 7
 TITLE_FONT = 8
 MAX_LABEL_CHARS = 14
 MAX_TOKEN_TICKS = 60  # beyond this, token tick labels are thinned to every k-th token
+# Figures with few elements (per-layer curves, histograms) use larger text: legible at the artifact viewer's
+# default zoom without opening the PNG.
+READABLE_TICK = 8
+READABLE = (READABLE_TICK, 9, 10)  # tick, axis label, title
 
 
 class FigureDataError(TraitlabError):
@@ -103,14 +108,16 @@ def _layer_ticks(ax: Any, layers: Sequence[int], positions: Sequence[float] | No
     ax.set_xticks(pos, [str(layer) for layer in layers], fontsize=TICK_FONT)
 
 
-def _style(ax: Any, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> None:
+def _style(ax: Any, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
+           fonts: tuple[int, int, int] = (TICK_FONT, LABEL_FONT, TITLE_FONT)) -> None:
+    tick, label, head = fonts
     if title:
-        ax.set_title(_text(title, 90), fontsize=TITLE_FONT)
+        ax.set_title(_text(title, 90), fontsize=head)
     if xlabel:
-        ax.set_xlabel(xlabel, fontsize=LABEL_FONT)
+        ax.set_xlabel(xlabel, fontsize=label)
     if ylabel:
-        ax.set_ylabel(ylabel, fontsize=LABEL_FONT)
-    ax.tick_params(labelsize=TICK_FONT)
+        ax.set_ylabel(ylabel, fontsize=label)
+    ax.tick_params(labelsize=tick)
 
 
 def _legend(ax: Any, n: int) -> None:
@@ -371,30 +378,95 @@ def trait_token_heatmap(
 
 
 def _layer_lines(ax: Any, curves: Mapping[str, Mapping[int, float | None]],
-                 bands: Mapping[str, Mapping[int, tuple[float, float]]] | None = None) -> list[int]:
+                 bands: Mapping[str, Mapping[int, tuple[float, float]]] | None = None,
+                 tick_font: int = TICK_FONT) -> list[int]:
     layers = _per_key_layers(curves, "metric_by_layer")
     for name, per in curves.items():
         xs = sorted(int(layer) for layer in per)
         ys = _floats(per[layer] if layer in per else per[str(layer)] for layer in xs)
-        line = ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.1, label=_text(name, 24))[0]
+        line = ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.1, label=_text(name, 48))[0]
         band = (bands or {}).get(name)
         if band:
             bx = [x for x in xs if x in band]
             lo, hi = _floats(band[x][0] for x in bx), _floats(band[x][1] for x in bx)
             ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
     step = max(1, math.ceil(len(layers) / 30))
-    ax.set_xticks(layers[::step], [str(layer) for layer in layers[::step]], fontsize=TICK_FONT)
+    ax.set_xticks(layers[::step], [str(layer) for layer in layers[::step]], fontsize=tick_font)
     return layers
 
 
 def layer_curve_figure(metric_by_layer: Mapping[str, Mapping[int, float | None]], metric: str,
-                       bands: Mapping[str, Mapping[int, tuple[float, float]]] | None = None) -> Figure:
-    """One line per trait/method: a metric against layer index; `bands` shades each line's 95% interval."""
-    fig, ax = _new_figure(5.2, 3.2)
-    _layer_lines(ax, metric_by_layer, bands)
-    _style(ax, f"{metric} by layer", "layer", _text(metric, 40))
+                       bands: Mapping[str, Mapping[int, tuple[float, float]]] | None = None, *,
+                       ylim: tuple[float, float] | None = None, chance: float | None = None,
+                       zero_line: bool = False, title: str | None = None, mark_layer: int | None = None,
+                       mark_label: str = "best layer") -> Figure:
+    """One line per trait/method: a metric against layer index; `bands` shades each line's 95% interval.
+
+    Read at a glance: fixed limits (`ylim`; else from 0 or below to the top of every band), the x axis over
+    every layer drawn, a dashed chance line (`chance`, e.g. 0.5 for accuracy) or a zero line, a dotted
+    vertical line at `mark_layer` (the chosen layer), legend names as given (put the sample sizes in them)
+    and text sized for the artifact viewer's default zoom.
+    """
+    fig, ax = _new_figure(6.4, 3.9)
+    layers = _layer_lines(ax, metric_by_layer, bands, tick_font=READABLE_TICK)
+    ax.set_xlim(layers[0] - 0.5, layers[-1] + 0.5)
+    if chance is not None:
+        ax.axhline(chance, color="#555", linestyle="--", linewidth=0.9, label=f"chance {chance:g}", zorder=1)
+    if zero_line:
+        ax.axhline(0.0, color="#777", linewidth=0.7, zorder=1)
+    if mark_layer is not None:
+        ax.axvline(mark_layer, color="#333", linestyle=":", linewidth=1.0, label=f"{mark_label} {mark_layer}", zorder=1)
+    ax.set_ylim(*(ylim or _span_with_zero(metric_by_layer, bands)))
+    _style(ax, title or f"{metric} by layer", "layer", _text(metric, 40), fonts=READABLE)
     ax.grid(alpha=0.3, linewidth=0.5)
-    _legend(ax, len(metric_by_layer))
+    n_entries = len(metric_by_layer) + (chance is not None) + (mark_layer is not None)
+    if n_entries > 1:
+        ax.legend(fontsize=READABLE_TICK, ncols=1 if n_entries <= 6 else 2, frameon=False, loc="best")
+    return fig
+
+
+def _span_with_zero(curves: Mapping[str, Mapping[int, float | None]],
+                    bands: Mapping[str, Mapping[int, tuple[float, float]]] | None) -> tuple[float, float]:
+    """y limits that include 0 and every value and band edge, with a little headroom."""
+    values = [v for per in curves.values() for v in per.values() if v is not None]
+    values += [x for band in (bands or {}).values() for pair in band.values() for x in pair if x is not None]
+    finite = [float(v) for v in values if math.isfinite(float(v))] or [0.0]
+    lo, hi = min(0.0, min(finite)), max(0.0, max(finite))
+    pad = 0.05 * (hi - lo) or 1.0
+    return lo - (pad if lo < 0 else 0.0), hi + pad
+
+
+def projection_histogram_figure(panels: Mapping[str, tuple[Any, Any]], title: str,
+                                threshold: float | None = None, xlabel: str = "cosine with the vector") -> Figure:
+    """Positive vs negative projections, one panel per part of the data (train, held-out, OOD).
+
+    ``panels``: ``{name: (positive scores, negative scores)}``; every panel shares one x range and the same
+    bins so the parts compare by eye; the legend gives each side's n; ``threshold`` (the train midpoint
+    the accuracies use) is a dashed line.
+    """
+    if not panels:
+        raise FigureDataError("projection_histogram_figure got no panels; expected {name: (pos, neg)}")
+    data = {name: (_floats(p), _floats(n)) for name, (p, n) in panels.items()}
+    finite = np.concatenate([a[np.isfinite(a)] for pair in data.values() for a in pair])
+    if finite.size == 0:
+        raise FigureDataError("projection_histogram_figure got no finite scores")
+    lo, hi = float(finite.min()), float(finite.max())
+    pad = 0.05 * (hi - lo) or 0.05
+    bins = np.linspace(lo - pad, hi + pad, 31)
+    fig = Figure(figsize=(6.4, 1.2 + 1.7 * len(data)), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(data), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, (pos, neg)) in zip(axes, data.items(), strict=True):
+        for arr, label, colour in ((pos, "positive", "tab:red"), (neg, "negative", "tab:blue")):
+            ok = arr[np.isfinite(arr)]
+            ax.hist(ok, bins=bins, color=colour, alpha=0.45, label=f"{label} (n={ok.size})")
+        if threshold is not None and math.isfinite(threshold):
+            ax.axvline(threshold, color="#333", linestyle="--", linewidth=0.9, label=f"train threshold {threshold:.3g}")
+        _style(ax, name, None, "count", fonts=READABLE)
+        ax.legend(fontsize=READABLE_TICK, frameon=False, loc="upper left")
+    axes[-1].set_xlabel(xlabel, fontsize=READABLE[1])
+    axes[-1].set_xlim(bins[0], bins[-1])
+    fig.suptitle(_text(title, 90), fontsize=READABLE[2])
     return fig
 
 

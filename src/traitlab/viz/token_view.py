@@ -1,4 +1,5 @@
-"""Self-contained HTML token heatmaps for per-token trait scores (one page per prompt, plus an index).
+"""Self-contained HTML token heatmaps for per-token trait scores, one page per prompt (the run's index page,
+which holds every prompt, is viz.token_index).
 
 MLflow 3.17 shows an ``.html`` artifact in an iframe with ``sandbox="allow-scripts"``: inline JS and CSS
 run, but same-origin access (localStorage, cookies) and anything fetched do not. So each page embeds its
@@ -31,19 +32,15 @@ import html
 import json
 import math
 import re
-from typing import Any, NotRequired, TypedDict
-from urllib.parse import quote, urlsplit
+from typing import Any, TypedDict
 
 from traitlab.errors import DataError
 
 __all__ = [
-    "IndexEntry",
     "LayerScores",
     "TokenRecord",
     "TraitScores",
-    "index_entry",
     "normalize_record",
-    "render_index_html",
     "render_token_html",
     "token_colour",
 ]
@@ -66,14 +63,6 @@ class TokenRecord(TypedDict):
     n_prompt_tokens: int
     model: str
     traits: dict[str, TraitScores]
-
-
-class IndexEntry(TypedDict):
-    href: str  # path of the per-prompt page relative to the index (not URL-encoded)
-    prompt_id: str
-    prompt: NotRequired[str]
-    model: NotRequired[str]
-    scores: NotRequired[dict[str, float | None]]  # e.g. mean response score per trait
 
 
 # Diverging map (ColorBrewer RdBu ends): blue = negative, near-white = 0, red = positive.
@@ -212,6 +201,19 @@ def _csp(script: str) -> str:
     )
 
 
+def page_head(title: str, csp: str, style: str) -> str:
+    """The start of a self-contained page up to </head>: its CSP, its title (escaped) and inline style."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title>
+<style>{style}</style>
+</head>"""
+
+
 def _esc(text: str) -> str:
     return html.escape(text, quote=True)
 
@@ -247,23 +249,11 @@ h1 { font-size: 16px; margin: 0 0 4px; }
 .note { font-size: 11px; color: #777; margin-top: 6px; }
 """
 
-# The view script. It reads the two JSON blocks and renders with textContent only (never innerHTML), and
-# keeps no state outside the page (the sandboxed iframe has no storage). Initial trait/layer can be
-# picked with #trait=NAME&layer=N in the URL.
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  var rec = JSON.parse(document.getElementById("data").textContent);
-  var view = JSON.parse(document.getElementById("view").textContent);
-  var NEG = [33, 102, 172], MID = [247, 247, 247], POS = [178, 24, 43], DARK = 0.55;
-  var tokens = rec.tokens, nPrompt = rec.n_prompt_tokens, traits = view.traits;
-  var box = document.getElementById("tokens");
-  var traitSel = document.getElementById("trait");
-  var layerSel = document.getElementById("layer");
-  var layerLabel = document.getElementById("layer-label");
-  var tip = document.getElementById("tip");
-
-  function colour(s, scale) {
+# token_colour and _fmt_score in JS, from the same constants: every page (this one, viz.token_index) colours
+# and formats a score exactly as the static fallback does.
+COLOUR_JS = (
+    f"  var NEG = {list(_NEG)}, MID = {list(_MID)}, POS = {list(_POS)}, DARK = {_DARK_TEXT_ABOVE};\n"
+    + r"""  function colour(s, scale) {
     if (s === null || s === undefined) { return ["transparent", "inherit"]; }
     var t = scale > 0 ? Math.max(-1, Math.min(1, s / scale)) : 0;
     var end = t >= 0 ? POS : NEG, a = Math.abs(t), c = [];
@@ -273,7 +263,25 @@ _SCRIPT = r"""
   function fmt(s) {
     if (s === null || s === undefined) { return "n/a"; }
     return (s >= 0 ? "+" : "") + s.toFixed(4);
-  }
+  }"""
+)
+
+# The view script. It reads the two JSON blocks and renders with textContent only (never innerHTML), and
+# keeps no state outside the page (the sandboxed iframe has no storage). Initial trait/layer can be
+# picked with #trait=NAME&layer=N in the URL.
+_SCRIPT = r"""
+(function () {
+  "use strict";
+  var rec = JSON.parse(document.getElementById("data").textContent);
+  var view = JSON.parse(document.getElementById("view").textContent);
+%COLOUR_JS%
+  var tokens = rec.tokens, nPrompt = rec.n_prompt_tokens, traits = view.traits;
+  var box = document.getElementById("tokens");
+  var traitSel = document.getElementById("trait");
+  var layerSel = document.getElementById("layer");
+  var layerLabel = document.getElementById("layer-label");
+  var tip = document.getElementById("tip");
+
   function fullScores(scores) {
     var pad = tokens.length - scores.length, out = [];
     for (var i = 0; i < tokens.length; i++) { out.push(i < pad ? null : scores[i - pad]); }
@@ -291,7 +299,7 @@ _SCRIPT = r"""
     var entry = trait ? rec.traits[trait].layers[layer] : null;
     var scores = entry ? fullScores(entry.scores) : [];
     var mode = entry ? entry.mode : "";
-    var scale = trait ? view.scales[trait] : 0;
+    var scale = trait ? view.scales[trait][layer] : 0;
     var sum = 0, n = 0;
     for (var i = 0; i < tokens.length; i++) {
       if (i === nPrompt && nPrompt > 0) {
@@ -363,20 +371,16 @@ _SCRIPT = r"""
 })();
 """
 
+_SCRIPT = _SCRIPT.replace("%COLOUR_JS%", COLOUR_JS)
 _CSP = _csp(_SCRIPT)
-_INDEX_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"  # no script at all
 
 
-def _static_tokens(rec: dict, trait: str | None, layer: str | None) -> tuple[str, float | None]:
+def _static_tokens(rec: dict, trait: str | None, layer: str | None, scale: float) -> tuple[str, float | None]:
     """Server-rendered token spans for the default trait/layer; returns (html, mean response score)."""
     tokens, n_prompt = rec["tokens"], rec["n_prompt_tokens"]
     if trait is not None and layer is not None:
         entry = rec["traits"][trait]["layers"][layer]
-        scores, mode, scale = (
-            _full_scores(entry["scores"], len(tokens)),
-            entry.get("mode", ""),
-            _trait_scale(rec, trait),
-        )
+        scores, mode = _full_scores(entry["scores"], len(tokens)), entry.get("mode", "")
     else:
         scores, mode, scale = [None] * len(tokens), "", 0.0
     parts, resp = [], []
@@ -404,13 +408,35 @@ def _static_tokens(rec: dict, trait: str | None, layer: str | None) -> tuple[str
     return "".join(parts), mean
 
 
-def render_token_html(record: dict) -> str:
-    """One self-contained HTML page showing the record's tokens coloured by trait score."""
+def _provenance_line(rec: dict) -> str:
+    """'cat/trait L12: mean_diff · residual · response[:] · run 1a2b3c4d · chosen by ood_effect_size = 2.98; ...'"""
+    parts = []
+    for trait in rec["traits"]:
+        for layer in _sorted_layers(rec, trait):
+            v = rec["traits"][trait]["layers"][layer].get("vector")
+            if not isinstance(v, dict):
+                continue
+            why = str(v.get("selection") or "?")
+            if isinstance(v.get("selection_score"), int | float):
+                why += f" = {v['selection_score']:.3g}"
+            parts.append(f"{trait} L{layer}: {v.get('method', '?')} · {v.get('component', '?')} · "
+                         f"{v.get('position', '?')} · run {str(v.get('run_id', '?'))[:8]} · chosen by {why}")
+    return "; ".join(parts)
+
+
+def render_token_html(record: dict, scales: dict[str, dict[str, float]] | None = None) -> str:
+    """One self-contained HTML page showing the record's tokens coloured by trait score.
+
+    `scales` ({trait: {layer: scale}}): colour scales shared with the other prompts of a run (see
+    monitor.run_index); by default each trait's max |response score| over all its layers in this record.
+    """
     rec = normalize_record(record)
     traits = list(rec["traits"])
     layers = {t: _sorted_layers(rec, t) for t in traits}
     default_layer = {t: (ls[0] if ls else None) for t, ls in layers.items()}
-    scales = {t: _trait_scale(rec, t) for t in traits}
+    shared = scales is not None
+    scales = {t: {ly: float((scales or {}).get(t, {}).get(ly, 0.0)) if shared else _trait_scale(rec, t)
+                  for ly in layers[t]} for t in traits}
     trait0 = next((t for t in traits if layers[t]), None)
     view = {
         "traits": traits,
@@ -420,7 +446,8 @@ def render_token_html(record: dict) -> str:
         "scales": scales,
     }
     layer0 = default_layer[trait0] if trait0 is not None else None
-    body, mean = _static_tokens(rec, trait0, layer0)
+    scale0 = scales[trait0][layer0] if trait0 is not None else 0.0
+    body, mean = _static_tokens(rec, trait0, layer0, scale0)
     mode0 = rec["traits"][trait0]["layers"][layer0].get("mode", "") if trait0 is not None else ""
     if trait0 is not None:
         static_note = (
@@ -437,24 +464,21 @@ def render_token_html(record: dict) -> str:
         for ly in (layers[trait0] if trait0 else [])
     )
     title = f"{rec['prompt_id']} — traitlab tokens"
-    scale_txt = f"±{scales[trait0]:.3g}" if trait0 is not None else "n/a"
+    scale_txt = f"±{scale0:.3g}" if trait0 is not None else "n/a"
     hidden = ' style="display: none"'
     trait_hidden = "" if traits else hidden
     layer_hidden = "" if trait0 and len(layers[trait0]) > 1 else hidden
     meta = f"model: {_esc(rec['model'])} · {len(rec['tokens'])} tokens ({rec['n_prompt_tokens']} prompt)"
+    provenance = _provenance_line(rec)
+    if provenance:
+        meta += f'<br><span id="provenance">vectors: {_esc(provenance)}</span>'
+    scale_note = ("Colour scale per trait × layer, shared by every prompt of the run (98th percentile of |score|)."
+                  if shared else "Colour scale is per trait: max |score| over the response tokens of all its layers.")
     legend = (
         '<span>−</span><span class="bar"></span><span>+</span>'
         f'<span>scale <span id="scale">{scale_txt}</span> (<span id="mode">{_esc(str(mode0))}</span>)</span>'
     )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(title)}</title>
-<style>{_STYLE}</style>
-</head>
+    return f"""{page_head(title, _CSP, _STYLE)}
 <body>
 <h1>{_esc(rec["prompt_id"])}</h1>
 <div class="meta">{meta}</div>
@@ -466,114 +490,11 @@ def render_token_html(record: dict) -> str:
 </div>
 <div id="tokens" data-rendered="static">{body}</div>
 <div class="note" id="static-note">{static_note}</div>
-<div class="note">Hover a token for its index and exact score. Colour scale is per trait:
-max |score| over the response tokens of all its layers.</div>
+<div class="note">Hover a token for its index and exact score. {scale_note}</div>
 <div id="tip"></div>
 <script type="application/json" id="data">{_script_json(rec)}</script>
 <script type="application/json" id="view">{_script_json(view)}</script>
 <script>{_SCRIPT}</script>
-</body>
-</html>
-"""
-
-
-# --------------------------------------------------------------------------------------------- index
-
-
-def index_entry(record: dict, href: str, layer: str | int | None = None) -> IndexEntry:
-    """Index row for a record: mean response score per trait at `layer` (default: each trait's first)."""
-    rec = normalize_record(record)
-    n_tok, n_prompt = len(rec["tokens"]), rec["n_prompt_tokens"]
-    scores: dict[str, float | None] = {}
-    for trait in rec["traits"]:
-        ls = _sorted_layers(rec, trait)
-        key = str(layer) if layer is not None and str(layer) in ls else (ls[0] if ls else None)
-        vals = (
-            [
-                s
-                for s in _full_scores(rec["traits"][trait]["layers"][key]["scores"], n_tok)[n_prompt:]
-                if s is not None
-            ]
-            if key is not None
-            else []
-        )
-        scores[trait] = sum(vals) / len(vals) if vals else None
-    return {
-        "href": href,
-        "prompt_id": rec["prompt_id"],
-        "prompt": rec["prompt"],
-        "model": rec["model"],
-        "scores": scores,
-    }
-
-
-def _relative_href(href: str) -> str:
-    parts = urlsplit(href)
-    if not href or parts.scheme or parts.netloc or href.startswith(("/", "\\")) or ".." in href.split("/"):
-        raise DataError(
-            "index entries", f"href {href!r} must be a relative path below the index (e.g. 'p1.html')"
-        )
-    return quote(href, safe="/")
-
-
-def render_index_html(entries: list[dict], title: str = "traitlab token views") -> str:
-    """Static index page: one row per prompt page (relative link), prompt preview and per-trait scores."""
-    rows = [_plain(e) for e in entries]
-    traits: list[str] = []
-    for i, e in enumerate(rows):
-        if (
-            not isinstance(e, dict)
-            or not isinstance(e.get("href"), str)
-            or not isinstance(e.get("prompt_id"), str)
-        ):
-            raise DataError("index entries", f"entry {i} needs string 'href' and 'prompt_id' keys")
-        for t in e.get("scores") or {}:
-            if t not in traits:
-                traits.append(t)
-    scales = {
-        t: max([abs(e["scores"][t]) for e in rows if (e.get("scores") or {}).get(t) is not None] or [0.0])
-        for t in traits
-    }
-    head = "".join(f"<th>{_esc(t)}</th>" for t in traits)
-    body = []
-    for e in rows:
-        prompt = str(e.get("prompt", ""))
-        preview = prompt if len(prompt) <= 160 else prompt[:159] + "…"
-        cells = []
-        for t in traits:
-            s = (e.get("scores") or {}).get(t)
-            bg, fg = token_colour(s, scales[t])
-            cells.append(f'<td class="num" style="background-color: {bg}; color: {fg}">{_fmt_score(s)}</td>')
-        body.append(
-            f'<tr><td><a href="{_esc(_relative_href(e["href"]))}">{_esc(e["prompt_id"])}</a></td>'
-            f'<td class="prompt" title="{_esc(prompt)}">{_esc(preview)}</td>'
-            f"<td>{_esc(str(e.get('model', '')))}</td>{''.join(cells)}</tr>"
-        )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_INDEX_CSP}">
-<title>{_esc(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; font-size: 13px; margin: 12px 16px; color: #111; }}
-h1 {{ font-size: 16px; }}
-table {{ border-collapse: collapse; }}
-th, td {{ border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }}
-th {{ background: #f4f4f4; }}
-td.num {{ text-align: right; font-family: ui-monospace, monospace; }}
-td.prompt {{ max-width: 520px; white-space: pre-wrap; word-break: break-word; }}
-</style>
-</head>
-<body>
-<h1>{_esc(title)}</h1>
-<p>{len(rows)} prompts. Trait columns: mean response score (colour scale per trait).</p>
-<table>
-<thead><tr><th>prompt</th><th>text</th><th>model</th>{head}</tr></thead>
-<tbody>
-{chr(10).join(body)}
-</tbody>
-</table>
 </body>
 </html>
 """
