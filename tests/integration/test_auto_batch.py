@@ -52,3 +52,37 @@ def test_extraction_measures_auto_batch_sizes_once_and_logs_them(smollm2, mlflow
     assert [b for b, _ in probes[:2]] == [1, 2]
     gen_probe_len = probes[0][1]
     assert any(b == sizes["extraction.generation.batch_size"] and n == gen_probe_len for b, n in seen)
+
+
+class _LengthScorer:
+    """Stands in for a judge: the plumbing of batch sizes is under test, not the scores."""
+
+    def score(self, requests):
+        from traitlab.judge import JudgeScore
+
+        return [JudgeScore(trait=float(len(r.response) % 100), coherence=90.0) for r in requests]
+
+
+def test_steering_measures_auto_once_logs_it_and_keeps_auto_in_the_job_key(smollm2, mlflow_store):
+    from traitlab.config.steer import JudgeConfig, PropensityConfig, SteerConfig, SteeringConfig
+    from traitlab.pipelines import steer
+
+    cfg = SteerConfig(trait=TraitConfig(name="starter/optimism"), method=MethodConfig(name="mean_diff"), layers="10",
+                      mode="baseline", judge=JudgeConfig(backend="hf_local"),
+                      steering=SteeringConfig(n_questions=2, max_new_tokens=4, batch_size="auto", objective="judge",
+                                              propensity=PropensityConfig(max_pairs=0)),
+                      tracking=TrackingConfig(experiment="auto_batch_steer"))
+    rows: list[int] = []
+    handle = smollm2.model.register_forward_pre_hook(
+        lambda _m, args, kw: rows.append(int((kw.get("input_ids") if kw.get("input_ids") is not None
+                                              else args[0]).shape[0])), with_kwargs=True)
+    try:
+        res = steer.run_steer(cfg, lm=smollm2, judge=_LengthScorer())
+    finally:
+        handle.remove()
+    size = MlflowClient(mlflow_store).get_run(res.run_id).data.metrics["auto_batch/steering.batch_size"]
+    # 2 questions x (unsteered, prompted) = 4 rows at most in one generate; the probes doubled 1, 2, 4
+    assert size == 4 and rows[:3] == [1, 2, 4]
+    assert 4 in rows[3:]  # the baselines' generate ran its 4 rows as one batch of the measured size
+    again = steer.run_steer(cfg, lm=smollm2, judge=_LengthScorer())
+    assert again.skipped and again.run_id == res.run_id  # `auto` in the key: found again, not re-measured
