@@ -63,7 +63,9 @@ class _LengthScorer:
         return [JudgeScore(trait=float(len(r.response) % 100), coherence=90.0) for r in requests]
 
 
-def test_steering_measures_auto_once_logs_it_and_keeps_auto_in_the_job_key(smollm2, mlflow_store):
+def test_steering_measures_auto_once_logs_it_and_keeps_auto_in_the_job_key(smollm2, mlflow_store, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path / "cache"))  # the baselines are generated, not read back
     from traitlab.config.steer import JudgeConfig, PropensityConfig, SteerConfig, SteeringConfig
     from traitlab.pipelines import steer
 
