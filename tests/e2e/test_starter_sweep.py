@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -59,6 +60,12 @@ def test_starter_sweep_then_normalisation(mlflow_store, tmp_path):
         assert len(r.data.tags["traitlab.source_runs"].split(",")) == 6
         assert r.data.metrics["layer/n_denoise_pcs"] >= 1
     assert int(parents[0].data.tags["traitlab.children"]) == 24
+    # the parent's comparison tells each normalised child from the raw child of the same trait and method
+    local = client.download_artifacts(parents[0].info.run_id, "tables/children.json", str(tmp_path))
+    table = json.loads(Path(local).read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert sorted((r["trait"], r["method"], r["normalization"]) for r in rows) == sorted(
+        (t, m, n) for t, m in pairs for n in ("raw", "center+denoise"))
 
     # a bad normalisation setting fails before any model loads, with one line naming the key
     bad = run("-m", "+experiment=starter_sweep", *FAST, "normalize.denoise=no_such_set", "tracking.experiment=sweep",

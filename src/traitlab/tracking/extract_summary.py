@@ -129,12 +129,13 @@ def verdict(ranked: list[Child], selection: str, varying: list[str]) -> tuple[st
 
 def _table(children: list[Child], selection: str) -> dict[str, list]:
     cols: dict[str, list] = defaultdict(list)
+    counts = sorted({k for c in children for k in c.counts})  # children may log different n_* (normalised runs)
     for c in children:
         for k, v in (("run_id", c.run_id), ("run_name", c.run.info.run_name), *c.settings.items(),
                      ("best_layer", c.value("layer")), (selection, c.value(selection)),
                      (f"{selection}_lo", c.value(f"{selection}_lo")), (f"{selection}_hi", c.value(f"{selection}_hi")),
                      ("val_accuracy", c.value("val_accuracy")), ("ood_accuracy", c.value("ood_accuracy")),
-                     *((k, c.counts.get(k)) for k in sorted(c.counts))):
+                     *((k, c.counts.get(k)) for k in counts)):
             cols[k].append(None if isinstance(v, float) and not math.isfinite(v) else v)
     return dict(cols)
 
