@@ -160,6 +160,7 @@ def span_rows(
                 **label,
                 "direction": "top" if largest else "bottom",
                 "rank": rank,
+                "source": rec.get("source"),
                 "prompt_id": rec["prompt_id"],
                 "start": sp.start,
                 "stop": sp.stop,
@@ -168,3 +169,22 @@ def span_rows(
             }
         )
     return rows
+
+
+def response_means(records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """{"trait Llayer": [mean response-token score of each record]} (NaN for a record with no scored token)."""
+    out = {}
+    for lab, seqs in series_by_label(records).items():
+        vals = []
+        for s in seqs:
+            s = s[~torch.isnan(s)]
+            vals.append(float(s.mean()) if s.numel() else math.nan)
+        out[lab] = vals
+    return out
+
+
+
+def split_label(label: str) -> tuple[str, int]:
+    """"starter/optimism L12" -> ("starter/optimism", 12): the labels series_by_label uses."""
+    trait, layer = label.rsplit(" L", 1)
+    return trait, int(layer)

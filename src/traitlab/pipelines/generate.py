@@ -26,6 +26,7 @@ from traitlab.data.texts import Conversation, TextItem, load_conversations, load
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
 from traitlab.models.loading import LoadedModel, load_model
+from traitlab.monitor.calibration import check_calibration
 from traitlab.monitor.generation import MonitoredGeneration, generate_monitored
 from traitlab.monitor.records import build_record, response_scores
 from traitlab.monitor.scoring import decode_tokens
@@ -33,6 +34,7 @@ from traitlab.monitor.vectors import TraitVector, vector_keys, vectors_by_layer
 from traitlab.monitor.views import write_views
 from traitlab.pipelines.common import (
     check_monitored,
+    clean_for_scoring,
     conversation_text,
     model_key,
     monitored_vectors,
@@ -89,6 +91,7 @@ def load_conversations_of(cfg: GenerateConfig) -> tuple[str, list[Conversation]]
 def validate(cfg: GenerateConfig) -> tuple[str, list[Conversation], SteeringSetup]:
     """Everything checkable before the model loads."""
     check_score_mode(cfg.score_mode, "score_mode")
+    check_calibration(cfg, prefix="")
     name, convs = load_conversations_of(cfg)
     setup = steering_setup(cfg)
     check_monitored(cfg)
@@ -106,7 +109,7 @@ def _records(lm: LoadedModel, convs: list[Conversation], gens: list[MonitoredGen
         item = TextItem(f"{conv.id}/{condition}", conv.prompt, conv.system_prompt, g.text)
         rec = build_record(item, decode_tokens(lm.tokenizer, g.scored.token_ids), g.scored, vectors, columns,
                            model=lm.name, source=source, score_mode=cfg.score_mode, centered=False,
-                           clean_massive=False)
+                           clean_massive=cfg.clean_massive)
         rec.update(condition=condition, conversation=list(conv.messages))
         out.append(rec)
     return out
@@ -210,6 +213,9 @@ def run_generate(cfg: GenerateConfig, parent_run_id: str | None = None,
         if run.skipped:
             return result
         set_cap_thresholds(lm, setup, cfg.cap.quantile, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
+        clean_for_scoring(run, lm, monitored, [TextItem(c.id, c.prompt, c.system_prompt) for c in convs],
+                          calibration=cfg.calibration, clean=cfg.clean_massive, centered=False,
+                          component=cfg.component, massive=cfg.massive, batch_size=cfg.generation.batch_size)
         stacked, _ = vectors_by_layer(monitored)
         gen = asdict(cfg.generation)
         plain = generate_monitored(lm, texts, stacked, component=cfg.component, seed=cfg.seed, **gen)
