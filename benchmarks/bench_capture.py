@@ -37,16 +37,17 @@ def hidden_states_capture(lm, pairs, layers):
     """What peers do: keep every layer's all-token states (and the logits), then pool afterwards."""
     from traitlab.core.positions import Segments, parse_position, resolve_batch
     from traitlab.models.capture import encode_pairs
-    from traitlab.models.encoding import length_sorted_batches, pad_id_of, pad_left
+    from traitlab.models.encoding import length_sorted_batches, pad_id_of, padded_inputs
 
     spec = parse_position("response[:]")
     enc = encode_pairs(lm, pairs, 512)
     out = torch.empty(len(enc), len(layers), lm.hidden_size)
     with torch.inference_mode():
         for rows in length_sorted_batches([e.seq_len for e in enc], BATCH):
-            ids, mask = pad_left([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
+            inputs = padded_inputs([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
+            ids = inputs["input_ids"]
             spans = resolve_batch(spec, [Segments(enc[i].prompt_len, enc[i].seq_len) for i in rows], ids.shape[1])
-            hs = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            hs = lm.model(**inputs, output_hidden_states=True).hidden_states
             pos = torch.arange(ids.shape[1], device=ids.device)
             sel = ((pos[None] >= spans[:, :1].to(ids.device)) & (pos[None] < spans[:, 1:].to(ids.device))).float()
             for j, layer in enumerate(layers):

@@ -57,12 +57,11 @@ def _batches(lm, enc) -> list[list[int]]:
 
 def plain(lm, enc):
     from traitlab.core.components import base_model
-    from traitlab.models.encoding import pad_id_of, pad_left
+    from traitlab.models.encoding import pad_id_of, padded_inputs
 
     trunk = base_model(lm.model)
     with torch.inference_mode():
-        ids, mask = pad_left(enc, pad_id_of(lm.tokenizer), lm.device)
-        return trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+        return trunk(**padded_inputs(enc, pad_id_of(lm.tokenizer), lm.device), use_cache=False)
 
 
 def hooked(lm, enc, vectors):
@@ -77,15 +76,14 @@ def hooked(lm, enc, vectors):
 def hidden_states_then_project(lm, enc, vectors):
     """What a hook-free script does: keep every layer's states, project them afterwards."""
     from traitlab.core.components import base_model
-    from traitlab.models.encoding import pad_id_of, pad_left
+    from traitlab.models.encoding import pad_id_of, padded_inputs
 
     trunk = base_model(lm.model)
     units = {layer: (v / v.norm(dim=-1, keepdim=True)).T.to(lm.device) for layer, v in vectors.items()}
     with torch.inference_mode():
-        ids, mask = pad_left(enc, pad_id_of(lm.tokenizer), lm.device)
-        hs = trunk(
-            input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True
-        ).hidden_states
+        inputs = padded_inputs(enc, pad_id_of(lm.tokenizer), lm.device)
+        mask = inputs["attention_mask"]
+        hs = trunk(**inputs, use_cache=False, output_hidden_states=True).hidden_states
         return {
             layer: (
                 (hs[layer + 1].float() @ u) * mask.unsqueeze(-1),

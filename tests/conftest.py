@@ -42,11 +42,50 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def char_tokenizer():
+    """A real fast tokenizer built offline: one token per character of a small alphabet, no chat template."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Split
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = list("abcdefghijklmnopqrstuvwxyz .,?!'")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(alphabet)}}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = Split("", behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+    fast.padding_side = "left"
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    """A 3-layer GPT-2 (absolute position embeddings) with random weights, eval mode, float32."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=40, n_positions=64, n_embd=32, n_layer=3, n_head=4, pad_token_id=0,
+                     bos_token_id=1, eos_token_id=2)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The real embedded SmolLM2-135M-Instruct (from the safetensors cache after the first load)."""
     from traitlab.models.loading import load_model
 
     return load_model("smollm2_135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2's real tokenizer and chat template, without loading the weights."""
+    from transformers import AutoTokenizer
+
+    from traitlab.models.loading import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(str(embedded_model_dir()))
 
 
 @pytest.fixture

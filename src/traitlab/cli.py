@@ -162,6 +162,53 @@ def _checked(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return run
 
 
+# Keys whose values are written in the position / layer DSLs (core/positions.py, core/layers.py). Their
+# brackets, colons and commas clash with Hydra's override grammar, and bash strips the quotes a person types.
+DSL_KEYS = ("position.spec", "layers", "inference.position")
+_HYDRA_VALUE = re.compile(r"^(null|\$\{.*|(range|choice|interval|glob|shuffle|sort|tag|extend_list)\(.*)$")
+
+
+def _split_top_level(value: str) -> list[str]:
+    """'response[:5],prompt[-1]' -> ['response[:5]', 'prompt[-1]']: commas inside brackets stay."""
+    parts, depth, cur = [], 0, ""
+    for ch in value:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
+def _quoted(value: str, key: str) -> str:
+    if key == "layers" and value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]  # layers=[10,12]: one list, in the DSL's own comma form
+    return f"'{value}'" if "'" not in value else f'"{value}"'
+
+
+def quote_dsl_overrides(args: list[str]) -> list[str]:
+    """Quote DSL values so Hydra's grammar takes them as written: `position.spec=response[:5]` ->
+    `position.spec='response[:5]'`, `layers=best,best+5` -> `layers='best,best+5'`.
+
+    In a multirun (-m) a comma outside brackets still sweeps, each value quoted alone
+    (`position.spec=response[:5],prompt[-1]` is two jobs); there `layers=[10,12]` is one job over layers 10
+    and 12. Values already quoted, null, interpolations and Hydra's sweep functions (range(...)) pass as given.
+    """
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        bare = key.lstrip("+~")
+        if not sep or arg.startswith("-") or bare not in DSL_KEYS or not value or value[0] in "'\"" \
+                or _HYDRA_VALUE.match(value):
+            out.append(arg)
+            continue
+        values = _split_top_level(value) if multirun else [value]
+        out.append(f"{key}=" + ",".join(v if not v or v[0] in "'\"" else _quoted(v, bare) for v in values))
+    return out
+
+
 def launch(stage: str) -> None:
     """Run stage `stage`: conf/<stage>.yaml composed by Hydra, task in traitlab.apps.<stage>.task."""
     import importlib
@@ -169,6 +216,7 @@ def launch(stage: str) -> None:
     import hydra
 
     bootstrap()
+    sys.argv[1:] = quote_dsl_overrides(sys.argv[1:])
     task = _checked(importlib.import_module(f"traitlab.apps.{stage}").task)
     run_app(hydra.main(version_base="1.3", config_path=conf_path(), config_name=stage)(task))
 

@@ -56,7 +56,9 @@ def test_extract_multirun_2x2(mlflow_store, tmp_path):
         files = {f.path for f in client.list_artifacts(c.info.run_id, f"vectors/residual/response/{c.data.tags['method']}")}
         assert files >= {f"vectors/residual/response/{c.data.tags['method']}/layer_{n:03d}.{ext}"
                          for n in (10, 12) for ext in ("safetensors", "json")}
-        assert {f.path for f in client.list_artifacts(c.info.run_id, "config")} == {"config/resolved.yaml"}
+        # the effective config, and where the trait's extraction.yaml settings (the global file's position) came from
+        assert {f.path for f in client.list_artifacts(c.info.run_id, "config")} == {
+            "config/resolved.yaml", "config/trait_overrides.json"}
     # the parent shows the layer x method heatmaps built from its children
     parent_files = []
     stack = ["figures"]

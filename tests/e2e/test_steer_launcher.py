@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from traitlab.models.identity import identity_of
+from traitlab.models.loading import ModelSpec
+from traitlab.tracking.artifacts import slug
 from traitlab.tracking.registry import best_vector, steering_results
 
 pytestmark = pytest.mark.slow
@@ -59,7 +62,8 @@ def test_extract_then_steer_end_to_end(mlflow_store, tmp_path):
     tags = run.data.tags
     assert run.info.status == "FINISHED"
     assert {k: tags[k] for k in ("trait", "model", "method", "component", "position", "traitlab.vector_run_id")} == {
-        "trait": "starter/optimism", "model": "smollm2_135m", "method": "mean_diff", "component": "residual",
+        "trait": "starter/optimism", "model": identity_of(ModelSpec()).key, "method": "mean_diff",
+        "component": "residual",
         "position": "response[:]", "traitlab.vector_run_id": extract_run.info.run_id}
     assert run.data.params["steering.threshold"] == "77.0" and run.data.params["judge.backend"] == "hf_local"
 
@@ -87,7 +91,8 @@ def test_extract_then_steer_end_to_end(mlflow_store, tmp_path):
     assert len(trials) == 4 and "user_attrs_responses" not in trials[0]
 
     # the Optuna studies are on disk, one per layer, and hold exactly the trials that were logged
-    db = Path(os.environ.get("TRAITLAB_OUTPUTS", "")) / "studies" / "smollm2_135m" / "starter" / "optimism.db"
+    studies = Path(os.environ.get("TRAITLAB_OUTPUTS", "")) / "studies"
+    db = studies / slug(identity_of(ModelSpec()).key) / "starter" / "optimism.db"
     with sqlite3.connect(db) as conn:
         per_study = dict(conn.execute("SELECT s.study_name, COUNT(t.trial_id) FROM studies s JOIN trials t "
                                       "ON s.study_id = t.study_id GROUP BY s.study_name").fetchall())

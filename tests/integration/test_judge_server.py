@@ -102,7 +102,9 @@ def test_openai_backend_code_path_against_local_server(llama_server, llama_serve
                                cache_path=None))
     judge.validate()
     scores = judge.score(REQS[:1])
-    assert_scores_follow_their_logprobs(scores, scale_max=100)  # openai assumes one token per integer
+    # a custom base_url may serve any model: the scale is asked of the server, not assumed (SmolLM2 splits digits)
+    assert judge.scale_max == 9
+    assert_scores_follow_their_logprobs(scores, scale_max=9)
     assert secret not in json.dumps(scores[0].raw)
 
     monkeypatch.delenv("OPENAI_API_KEY")
@@ -144,3 +146,27 @@ def test_perplexity_coherence_prefers_coherent_text(smollm2):
     assert coherent.raw["perplexity"] < shuffled.raw["perplexity"]
     assert coherent.coherence > shuffled.coherence + 30
     assert coherent.trait is None and 0.0 <= shuffled.coherence <= 100.0
+
+
+def test_rescore_needs_neither_the_server_nor_a_detection(llama_server_process, tmp_path):
+    """The detected scale is cached with the logprobs: with the server down, a fresh judge re-scores from the
+    cache alone (same scores, nothing asked)."""
+    cfg = server_cfg(llama_server_process.base_url, llama_server_process.model_alias,
+                     cache_path=str(tmp_path / "judge.sqlite"), max_retries=0)
+    first = make_judge(cfg).score(REQS)
+    with llama_server_process.outage():
+        again = make_judge(cfg)
+        rescored = again.score(REQS)
+    assert again.scale_max == 9
+    assert [(s.trait, s.coherence) for s in rescored] == [(s.trait, s.coherence) for s in first]
+    assert all(s.raw["trait"]["cached"] and s.raw["coherence"]["cached"] for s in rescored)
+
+
+def test_hf_local_rescore_never_loads_the_judge_model(smollm2, tmp_path):
+    cfg = dict(backend="hf_local", cache_path=str(tmp_path / "judge.sqlite"), min_weight=0.0)
+    first = make_judge(cfg, model=smollm2).score(REQS[:1])
+    by_name = make_judge(cfg)  # the judge model named, not given: loading it would be the only way to detect
+    rescored = by_name.score(REQS[:1])
+    assert by_name.source._lm is None  # never loaded
+    assert (rescored[0].trait, rescored[0].coherence) == (first[0].trait, first[0].coherence)
+    assert rescored[0].raw["scale_max"] == 9

@@ -16,7 +16,7 @@ from traitlab.core.hooks import MultiLayerProjection
 from traitlab.errors import ConfigError, ModelError
 from traitlab.models.capture import TextPair, encode_pairs
 from traitlab.models.chat import format_prompt
-from traitlab.models.encoding import pad_id_of, pad_left
+from traitlab.models.encoding import pad_id_of, padded_inputs
 from traitlab.models.generation import generate_texts
 from traitlab.models.loading import ModelSpec, load_model, resolve_lora
 from traitlab.paths import conf_dir, datasets_dir
@@ -49,10 +49,10 @@ def variant(lora_dir):
 
 def _projection(lm, pairs, vectors):
     enc = encode_pairs(lm, pairs)
-    ids, mask = pad_left(enc, pad_id_of(lm.tokenizer), lm.device)
+    inputs = padded_inputs(enc, pad_id_of(lm.tokenizer), lm.device)
     with torch.inference_mode(), MultiLayerProjection(lm.model, vectors) as proj:
-        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    return proj.all_scores(), mask
+        lm.model(**inputs, use_cache=False)
+    return proj.all_scores(), inputs["attention_mask"]
 
 
 @pytest.mark.slow
@@ -96,7 +96,8 @@ def test_extraction_runs_on_the_variant(mlflow_store, smollm2, variant, lora_dir
     for v in res.vectors.values():
         assert abs(float(v.norm()) - 1.0) < 1e-4
     run = MlflowClient(mlflow_store).get_run(res.run_id)
-    assert run.data.tags["model"] == VARIANT and run.data.params["model.lora"] == str(lora_dir)
+    assert run.data.tags["model_name"] == VARIANT and run.data.params["model.lora"] == str(lora_dir)
+    assert run.data.tags["model"] == variant.identity.key != smollm2.identity.key
     assert run.info.status == "FINISHED" and "layer/val_accuracy" in run.data.metrics
     base = run_extract(replace(cfg, model=ModelSpec()))
     assert base.run_id != res.run_id

@@ -180,13 +180,15 @@ def vector_run(make_vector: Callable[[Path], Path], *extra: str, infer: bool = F
 
     def build(d: Path) -> list[str]:
         from traitlab.data import load_trait
+        from traitlab.models.identity import model_tags
+        from traitlab.models.loading import ModelSpec
         from traitlab.tracking.artifacts import vector_path
         from traitlab.tracking.store import ensure_store
 
         t = tiny_trait(d / "trait")
         name = load_trait(t).qualified_name
         client, exp_id = ensure_store(Sandbox(d).uri, "rel")
-        tags = {"traitlab.stage": "extract", "trait": name, "model": "smollm2_135m", "method": "mean_diff",
+        tags = {"traitlab.stage": "extract", "trait": name, **model_tags(ModelSpec()), "method": "mean_diff",
                 "component": "residual", "position": "response[:]", "layers": "10"}
         run = client.create_run(exp_id, tags=tags)
         client.log_metric(run.info.run_id, "val_effect_size", 1.0, step=10)
@@ -281,7 +283,9 @@ CASES: list[Case] = [
     Case("layer_percent_over_100", args("layers=50%-150%"), ("layers '50%-150%'", "above 100%")),
     Case("position_dsl_garbage", args("position.spec='respnse[:5]'"),
          ("position 'respnse[:5]'", "unknown frame", "response")),
-    Case("override_syntax", args("position.spec=response[:5"), ("override 'position.spec=response[:5'",)),
+    Case("override_syntax", args("method.kwargs.C=[1,2"), ("override 'method.kwargs.C=[1,2'",)),
+    # DSL values reach the DSL parser as typed (the launcher quotes them for Hydra), so its error names them
+    Case("position_dsl_unclosed", args("position.spec=response[:5"), ("position 'response[:5'", "cannot parse")),
     Case("unknown_component", args("component.name=attn_out"), ("config component", "'attn_out'", "residual")),
     Case("method_bad_kwarg", args("method=probe", "+method.kwargs.bogus=1"),
          ("config method.bogus", "valid options:", "penalty")),
@@ -291,7 +295,7 @@ CASES: list[Case] = [
     Case("bad_device", args("model.device=tpu"), ("config model.device", "'tpu'", "cpu")),
     Case("bad_quantization", args("model.quantization=int3"), ("config model.quantization", "'int3'", "nf4")),
     Case("hf_model_without_id", args("model=hf"), ("config model.id", "is empty"), model=True),
-    Case("multirun_job_named", args("-m", "layers=abc,xyz"), ("in job [", "layers=abc,", "layers 'abc'")),
+    Case("multirun_job_named", args("-m", "layers=abc,xyz"), ("in job [", "layers='abc',", "layers 'abc'")),
     # only after the model is loaded (its depth / the adapter registry check)
     Case("layer_out_of_range", args("layers=99"), ("layers '99'", "out of range", "0..29"), model=True),
     Case("negative_layer_out_of_range", args("layers=-31"), ("layers '-31'", "out of range"), model=True),

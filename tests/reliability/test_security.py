@@ -58,6 +58,7 @@ def test_no_secret_reaches_store_artifacts_or_logs(tmp_path) -> None:
     assert {r.data.tags.get("traitlab.stage") for r in rs} == {"extract", "extract_sweep"}
     child = next(r for r in rs if r.data.tags.get("traitlab.stage") == "extract")
     assert child.data.params["model.extra.hf_token"] == "***"  # the key is kept, its value is not
+    assert child.data.params["extraction.generation.max_new_tokens"].isdigit()  # a length, not a secret
     parent = next(r for r in rs if r.data.tags.get("traitlab.stage") == "extract_sweep")
     assert "+model.extra.hf_token=***" in parent.data.tags["traitlab.overrides"]
 
@@ -88,6 +89,47 @@ def test_redaction_rules() -> None:
     assert flat["method.name"] == "probe"
     assert redact_override("+model.extra.hf_token=abc") == "+model.extra.hf_token=***"
     assert redact_override("method=probe") == "method=probe"
+
+
+def test_ordinary_parameters_are_not_redacted() -> None:
+    """Names that merely contain "token" (lengths, tokenizer settings) are parameters, not secrets."""
+    from traitlab.cli import redact_override
+    from traitlab.tracking.params import flatten, is_secret_key, redact
+
+    cfg = {"extraction": {"generation": {"max_new_tokens": 48}},
+           "steering": {"max_new_tokens": 32}, "judge": {"max_tokens": 1, "top_logprobs": 20},
+           "model": {"extra": {"tokenizer_name": "x", "pad_token": "<pad>", "add_bos_token": True,
+                               "auth_token": "a-secret-1", "access_token": "a-secret-2",
+                               "openai_api_key": "sk-3", "client_secret": "s"}},
+           "inference": {"massive": {"max_tokens": 5000}}}
+    flat = flatten(redact(cfg))
+    assert flat["extraction.generation.max_new_tokens"] == "48"
+    assert flat["steering.max_new_tokens"] == "32"
+    assert flat["judge.max_tokens"] == "1"
+    assert flat["inference.massive.max_tokens"] == "5000"
+    assert flat["model.extra.tokenizer_name"] == "x"
+    assert flat["model.extra.pad_token"] == "<pad>"
+    assert flat["model.extra.add_bos_token"] == "True"
+    for key in ("auth_token", "access_token", "openai_api_key", "client_secret"):
+        assert flat[f"model.extra.{key}"] == "***", key
+    assert not is_secret_key("max_new_tokens") and is_secret_key("HF_TOKEN")
+    assert redact_override("steering.max_new_tokens=16") == "steering.max_new_tokens=16"
+
+
+def test_env_provided_credentials_are_scrubbed(monkeypatch) -> None:
+    """Any credential-named environment variable (not only the four well-known ones) is scrubbed from text,
+    as is the variable a judge config names in api_key_env; ordinary variables are left alone."""
+    from traitlab.tracking.params import scrub
+
+    monkeypatch.setenv("MYLAB_SERVICE_TOKEN", "tok-SENTINEL-7781")
+    monkeypatch.setenv("VLLM_API_KEY", "vk-SENTINEL-4410")
+    monkeypatch.setenv("MY_JUDGE_CRED", "cred-SENTINEL-99")
+    monkeypatch.setenv("MY_MAX_TOKENS", "4096")
+    from traitlab.tracking import params
+
+    params.register_secret_env("MY_JUDGE_CRED")
+    text = scrub("a tok-SENTINEL-7781 b vk-SENTINEL-4410 c cred-SENTINEL-99 d 4096")
+    assert text == "a *** b *** c *** d 4096"
 
 
 # ---- servers bind 127.0.0.1 ---------------------------------------------------------------------------

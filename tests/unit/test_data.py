@@ -134,8 +134,10 @@ def test_fingerprint_tracks_content_not_layout(tmp_path):
     fa, fb, fc = (load_trait(x, root=tmp_path).fingerprint() for x in (a, b, c))
     assert fa == fb
     assert fa != fc
+    # extraction.yaml settings are applied to the config (which job keys hold), not hashed with the examples:
+    # one overridden on the command line must not invalidate anything
     (c / "extraction.yaml").write_text("position: 'prompt[-1]'\n")
-    assert load_trait(c, root=tmp_path).fingerprint() != fc
+    assert load_trait(c, root=tmp_path).fingerprint() == fc
 
 
 def test_list_traits_and_resolve_by_name_and_path(tmp_path):
@@ -360,6 +362,112 @@ def test_prompt_set_missing_lists_available(tmp_path):
 def test_deeply_nested_json_is_a_data_error(tmp_path):
     d = make_trait(tmp_path, "c/t", {"positive.json": "[" * 100_000 + "]" * 100_000})
     assert "positive.json: JSON nested too deeply" in data_error(d)
+
+
+def test_extraction_overrides_apply_with_stated_precedence(tmp_path):
+    """command line > trait > category > global > config defaults, per key (generation per field)."""
+    from traitlab.config.schema import ExtractConfig
+    from traitlab.config.trait_overrides import apply_trait_overrides
+
+    (tmp_path / "extraction.yaml").write_text("position: 'prompt[-1]'\nval_split: 0.15\n"
+                                              "generation:\n  max_new_tokens: 7\n  top_p: 0.5\n")
+    make_trait(tmp_path, "cat", {"extraction.yaml": "position: 'response[:3]'\ngeneration:\n  top_p: 0.9\n"})
+    d = make_trait(tmp_path, "cat/t", {**PAIR, "extraction.yaml": "layers: '1-2'\nmethod: mean_diff\n"})
+    trait = load_trait(d, root=tmp_path)
+    cfg, report = apply_trait_overrides(ExtractConfig(), trait)
+    assert (cfg.position.spec, cfg.layers, cfg.method.name, cfg.extraction.val_split) == (
+        "response[:3]", "1-2", "mean_diff", 0.15)
+    assert (cfg.extraction.generation.max_new_tokens, cfg.extraction.generation.top_p) == (7, 0.9)
+    assert cfg.extraction.batch_size == ExtractConfig().extraction.batch_size  # nothing set it
+    assert report["position.spec"]["source"] == f"{tmp_path / 'cat' / 'extraction.yaml'}:1"
+    assert report["extraction.generation.top_p"]["source"] == f"{tmp_path / 'cat' / 'extraction.yaml'}:3"
+
+    typed = ExtractConfig()
+    typed.position.spec, typed.layers = "all[:]", "5"
+    cfg, report = apply_trait_overrides(typed, trait, command_line={"position.spec", "layers"})
+    assert (cfg.position.spec, cfg.layers, cfg.method.name) == ("all[:]", "5", "mean_diff")
+    assert report["position.spec"] == {"value": "response[:3]", "source": report["position.spec"]["source"],
+                                       "applied": False, "kept": "command line"}
+    cfg, _ = apply_trait_overrides(ExtractConfig(), trait, command_line={"method"})  # a group choice
+    assert cfg.method.name == ExtractConfig().method.name
+
+
+def test_extraction_overrides_reject_unknown_keys_and_bad_types_with_file_and_line(tmp_path):
+    from traitlab.config.schema import ExtractConfig
+    from traitlab.config.trait_overrides import apply_trait_overrides, command_line_keys
+
+    d = make_trait(tmp_path, "c/t", {**PAIR, "extraction.yaml": "method: probe\nvalsplit: 0.3\n"})
+    with pytest.raises(DataError, match=r"extraction\.yaml:2: unknown key 'valsplit'"):
+        load_trait(d, root=tmp_path)
+    d = make_trait(tmp_path, "c/u", {**PAIR, "extraction.yaml": "generation:\n  max_tokens: 3\n"})
+    with pytest.raises(DataError, match=r"extraction\.yaml:2: unknown key generation\.max_tokens"):
+        load_trait(d, root=tmp_path)
+    d = make_trait(tmp_path, "c/v", {**PAIR, "extraction.yaml": "seed: 1\nval_split: lots\n"})
+    with pytest.raises(DataError, match=r"extraction\.yaml:2: extraction\.val_split"):
+        apply_trait_overrides(ExtractConfig(), load_trait(d, root=tmp_path))
+    assert command_line_keys(["position.spec='x'", "method=probe", "+extraction.val_split=0.3", "hydra.run.dir=o",
+                              "~model.lora", "trait=starter/a"]) == {"position.spec", "method",
+                                                                     "extraction.val_split", "trait"}
+
+
+def test_python_callers_keep_the_values_they_changed(tmp_path):
+    from traitlab.config.schema import ExtractConfig, PositionConfig
+    from traitlab.config.trait_overrides import apply_trait_overrides
+
+    d = make_trait(tmp_path, "c/t", {**PAIR, "extraction.yaml": "position: 'response[:3]'\nlayers: '2'\n"})
+    cfg, report = apply_trait_overrides(ExtractConfig(position=PositionConfig(spec="prompt[-1]")),
+                                        load_trait(d, root=tmp_path))
+    assert (cfg.position.spec, cfg.layers) == ("prompt[-1]", "2")
+    assert report["position.spec"]["applied"] is False
+
+
+def test_multi_turn_messages_lines(tmp_path):
+    conv = {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "How are you?"},
+                         {"role": "assistant", "content": "Great, thanks."}]}
+    d = make_trait(tmp_path, "c/t", {"positive.jsonl": jsonl(conv, {"messages": conv["messages"][1:4],
+                                                                    "response": "Fine."})})
+    a, b = load_trait(d, root=tmp_path).positive
+    assert (a.prompt, a.system_prompt, a.response, a.history) == ("How are you?", "Be kind.", "Great, thanks.",
+                                                                  (("Hi", "Hello!"),))
+    assert (b.prompt, b.system_prompt, b.response, b.n_turns) == ("How are you?", None, "Fine.", 2)
+    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
+    d = make_trait(tmp_path, "c/u", {"positive.jsonl": jsonl({"prompt": "x"}, bad)})
+    with pytest.raises(DataError, match=r"positive\.jsonl:2: messages\[1\] has role 'user'; expected 'assistant'"):
+        load_trait(d, root=tmp_path)
+
+
+def test_frames_the_data_cannot_have_fail_before_the_model(tmp_path):
+    from traitlab.data.frames import check_position_frames
+
+    rows = [{"prompt": "a", "system_prompt": "S", "response": "<think>hm</think> yes"}, {"prompt": "b", "response": "no"}]
+    d = make_trait(tmp_path, "c/t", {"positive.jsonl": jsonl(*rows)})
+    t = load_trait(d, root=tmp_path)
+    with pytest.raises(DataError, match=r"positive\.jsonl:2: position 'system\[:\]' needs a non-empty system_prompt"):
+        check_position_frames("system[:]", t, True)
+    with pytest.raises(DataError, match=r"positive\.jsonl:2: position 'thinking' needs a given response with a think"):
+        check_position_frames("thinking", t, True)
+    with pytest.raises(DataError, match=r"positive\.jsonl:1: .*generated"):
+        check_position_frames("thinking", t, False)
+    with pytest.raises(DataError, match=r"positive\.jsonl:1: position 'turn\[1\]:response' needs turn 1, but this "
+                                        r"example has 1 turn"):
+        check_position_frames("turn[1]:response", t, True)
+    check_position_frames("turn[-1]:response[:2]", t, True)
+    check_position_frames("prompt[-1]", t, True)
+
+
+def test_every_extraction_yaml_key_names_a_real_config_key():
+    """OVERRIDE_KEYS is hand-written in data/: each target must exist in the extract config schema."""
+    from omegaconf import OmegaConf
+
+    from traitlab.config.schema import ExtractConfig
+    from traitlab.data.traits import GENERATION_KEYS, OVERRIDE_KEYS
+
+    conf = OmegaConf.structured(ExtractConfig())
+    missing = [t for t in OVERRIDE_KEYS.values() if OmegaConf.select(conf, t, default="<absent>") == "<absent>"]
+    missing += [k for k in GENERATION_KEYS
+                if OmegaConf.select(conf, f"extraction.generation.{k}", default="<absent>") == "<absent>"]
+    assert missing == []
 
 
 def test_load_sources_several_sets_and_name_clashes(tmp_path):

@@ -184,7 +184,8 @@ def test_compatible_backend_never_sends_the_openai_key(scripted, monkeypatch):
 def test_openai_backend_uses_its_key_and_keeps_it_out_of_raw(scripted, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     server = scripted(OK)
-    judge = make_judge(dict(backend="openai", base_url=server.base_url, cache_path=None))
+    # a stand-in for OpenAI's API at a custom base_url: its scale is not assumed, so it is given
+    judge = make_judge(dict(backend="openai", base_url=server.base_url, cache_path=None, scale_max=100))
     judge.validate()
     (score,) = judge.score([REQ])
     assert server.chat_requests()[0]["body"]["model"] == "gpt-4.1-mini"
@@ -246,11 +247,13 @@ def test_server_down_before_model_or_scale_is_known(unused_port):
         _ = OpenAICompatibleSource(base_url=dead, model="m").scale_max
 
 
-def test_server_without_tokenize_endpoint_assumes_100(scripted, caplog):
+def test_server_without_tokenize_endpoint_fails_clearly(scripted):
+    """Guessing 0-100 would read "85" from a digit-splitting model as 8: the scale must be known or set."""
     server = scripted((404, {"detail": "Not Found"}, {}))
-    assert OpenAICompatibleSource(base_url=server.base_url, model="judge").scale_max == 100
+    with pytest.raises(ConfigError, match=r"judge\.scale_max.*no tokenize endpoint.*set judge\.scale_max=9") as e:
+        _ = OpenAICompatibleSource(base_url=server.base_url, model="judge").scale_max
     assert [r["path"] for r in server.requests] == ["/extras/tokenize", "/tokenize", "/tokenize"]
-    assert "scale_max=9" in caplog.text
+    assert "\n" not in str(e.value)
 
 
 def test_answers_before_an_outage_are_kept(scripted, tmp_path):
@@ -272,3 +275,8 @@ def test_credentials_in_base_url_are_not_printed(unused_port):
     with pytest.raises(JudgeUnavailable) as e:
         source.next_token_logprobs(["hi"], 20)
     assert "hunter2" not in str(e.value) and "***@127.0.0.1" in str(e.value)
+
+
+def test_openai_own_api_is_0_to_100_without_asking():
+    """Only OpenAI's own endpoint (no base_url) is known to spell 0..100 as one token each."""
+    assert OpenAICompatibleSource(backend="openai", model="gpt-4.1-mini").scale_max == 100

@@ -89,3 +89,31 @@ def test_errors_quote_spec_and_range(spec, n, best, fragment):
 def test_bad_n_layers():
     with pytest.raises(LayerSpecError, match="n_layers must be a positive int, got 0"):
         parse_layers("all", 0)
+
+
+def test_dsl_overrides_parse_in_hydra_as_typed_in_bash() -> None:
+    """What bash passes after stripping quotes reaches Hydra's real override parser as the DSL value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from traitlab.cli import quote_dsl_overrides
+
+    parser = OverridesParser.create()
+
+    def values(args: list[str]) -> dict[str, list[str]]:
+        out = {}
+        for o in parser.parse_overrides([a for a in quote_dsl_overrides(args) if a not in ("-m", "--multirun")]):
+            out[o.key_or_group] = [getattr(v, "text", v) for v in o.sweep_iterator()] if o.is_sweep_override() else [o.value()]
+        return out
+
+    single = values(["position.spec=response[:5]", "layers=best,best+5", "inference.position=prompt[-3:]",
+                     "layers=30%-60%", "method=probe"])
+    assert single == {"position.spec": ["response[:5]"], "layers": ["30%-60%"], "inference.position": ["prompt[-3:]"],
+                      "method": ["probe"]}
+    assert values(["layers=best,best+5"]) == {"layers": ["best,best+5"]}
+    multi = values(["-m", "position.spec=response[:5],prompt[-1]", "layers=[10,12]", "method=probe,mean_diff"])
+    assert multi == {"position.spec": ["response[:5]", "prompt[-1]"], "layers": ["10,12"],
+                     "method": ["probe", "mean_diff"]}
+    assert values(["-m", "layers=10-20,30%-60%"]) == {"layers": ["10-20", "30%-60%"]}
+    # already quoted (a list argv from Python, or quotes a person escaped), null and sweep functions pass as given
+    assert quote_dsl_overrides(["layers='10,12'", "layers=null", "-m", "layers=range(1,3)"]) == [
+        "layers='10,12'", "layers=null", "-m", "layers=range(1,3)"]

@@ -11,6 +11,11 @@ prompt token, i.e. the assistant header), ``response[:5]`` the first five respon
 token. ``turn[i]:`` first picks turn *i* of a multi-turn conversation (Python indexing, so ``turn[-1]`` is
 the last), then the frame is taken inside that turn.
 
+``system`` is the text of the example's system prompt, ``thinking`` the text inside the response's thinking
+block (``<think>...</think>``, see ``THINKING_TAGS``). Their token spans come from the chat template's real
+rendering (models/segments.py); an example without such a part fails before any model loads
+(data/frames.py).
+
 Spans are half-open ``[start, stop)``. :func:`resolve_span` works in unpadded coordinates of one example;
 :func:`resolve_batch` shifts them into a padded batch so capture hooks can pool in-hook.
 """
@@ -26,6 +31,7 @@ import torch
 from traitlab.errors import TraitlabError
 
 FRAMES = ("prompt", "response", "all", "system", "thinking")
+THINKING_TAGS = (("<think>", "</think>"),)  # (open, close) of a reasoning block inside a response
 TURN_FRAMES = ("prompt", "response", "all", "thinking")
 GRAMMAR = (
     "expected FRAME[slice] with FRAME in prompt|response|all|system|thinking, optionally prefixed by "

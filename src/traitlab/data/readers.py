@@ -201,9 +201,24 @@ def _value_lines(path: Path, text: str) -> dict[JsonPath, int]:
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping (an empty file is an empty mapping, unlike other formats)."""
+    return read_yaml_mapping_lines(path)[0]
+
+
+def read_yaml_mapping_lines(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """`read_yaml_mapping` plus the 1-based line of each key: {("a",): 3, ("a", "b"): 4} for nested keys."""
     path = Path(path)
     text = read_text(path, "a YAML mapping", allow_empty=True)
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, where: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines[(*where, key.value)] = key.start_mark.line + 1
+                    walk(value, (*where, key.value))
+
     try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
         value = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark is not None else None
@@ -211,13 +226,13 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise DataError(path, f"invalid YAML ({e}); expected a mapping of key: value") from None
     if value is None:
-        return {}
+        return {}, lines
     if not isinstance(value, dict):
         raise DataError(path, f"expected a mapping of key: value at the top level, got {type(value).__name__}", line=1)
     bad = [k for k in value if not isinstance(k, str)]
     if bad:
         raise DataError(path, f"keys must be strings, got {bad[0]!r}")
-    return value
+    return value, lines
 
 
 def type_name(value: Any) -> str:

@@ -4,13 +4,18 @@ A trait directory holds (see DESIGN.md "Data formats"):
 
 - ``positive.*`` (required) and ``negative.*`` (optional; when present the trait is *paired* and
   line i of each file forms a contrast pair, so their counts must match), each in exactly one of
-  ``.jsonl`` (``{"prompt", "system_prompt"?, "response"?}`` per line), ``.json``
+  ``.jsonl`` (``{"prompt", "system_prompt"?, "response"?}`` per line, or a multi-turn conversation
+  ``{"messages": [{"role": "system"|"user"|"assistant", "content"}, ...], "response"?}``: an optional
+  system message, then user/assistant turns; the last user message is the prompt and a final assistant
+  message is the response), ``.json``
   (``{"prompts": [...], "system_prompts"?: [...]}``, expanded as the cartesian product, prompts
   outer) or ``.txt`` (one prompt per line, blank lines skipped);
 - ``ood_positive.*`` / ``ood_negative.*``: same formats, compared as groups, so counts may differ;
 - ``definition.txt``: the judge rubric; ``steering.json``: questions, direction, eval_prompt;
-- ``extraction.yaml``: overrides merged over ``<root>/extraction.yaml`` and each category's
-  ``extraction.yaml`` (later wins, top-level keys replace, nested mappings are not deep-merged).
+- ``extraction.yaml``: extraction settings for the traits it reaches, merged over ``<root>/extraction.yaml``
+  and each category's ``extraction.yaml`` (later wins key by key; ``generation`` field by field). Keys are
+  ``OVERRIDE_KEYS``; an unknown key fails with file:line. The extract stage applies them below the command
+  line: command line > trait > category > global > config defaults (config/trait_overrides.py).
 
 Everything is checked here so a bad file fails before any model loads. In ``.jsonl`` an optional
 key set to ``null`` counts as absent; an empty ``system_prompt`` is kept (it differs from none:
@@ -31,7 +36,7 @@ from traitlab.data.readers import (
     read_jsonl,
     read_nonblank_lines,
     read_text,
-    read_yaml_mapping,
+    read_yaml_mapping_lines,
     relative_name,
     resolved_inside,
     type_name,
@@ -41,11 +46,19 @@ from traitlab.io import content_hash
 
 FORMATS = (".jsonl", ".json", ".txt")
 POLARITIES = ("positive", "negative", "ood_positive", "ood_negative")
-EXAMPLE_KEYS = ("prompt", "system_prompt", "response")
+EXAMPLE_KEYS = ("prompt", "system_prompt", "response", "messages")
+ROLES = ("system", "user", "assistant")
 PROMPTS_JSON_KEYS = ("prompts", "system_prompts")
 STEERING_KEYS = ("questions", "direction", "eval_prompt")
 DIRECTIONS = {"positive": 1, "negative": -1}
 OVERRIDES_FILE = "extraction.yaml"
+# extraction.yaml key -> the extract config key it sets.
+OVERRIDE_KEYS = {"position": "position.spec", "layers": "layers", "component": "component.name",
+                 "method": "method.name", "method_kwargs": "method.kwargs", "val_split": "extraction.val_split",
+                 "batch_size": "extraction.batch_size", "max_length": "extraction.max_length",
+                 "use_provided_responses": "extraction.use_provided_responses", "generation": "extraction.generation",
+                 "cv_folds": "extraction.cv_folds", "n_bootstrap": "extraction.n_bootstrap", "seed": "seed"}
+GENERATION_KEYS = ("max_new_tokens", "batch_size", "do_sample", "temperature", "top_p")
 _KNOWN_FILES = {f"{p}{ext}" for p in POLARITIES for ext in FORMATS} | {
     "definition.txt", "steering.json", OVERRIDES_FILE}
 
@@ -58,6 +71,11 @@ class Example:
     system_prompt: str | None = None
     response: str | None = None
     source: str = ""  # "file:line", for messages about this example later on
+    history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns of a multi-turn conversation
+
+    @property
+    def n_turns(self) -> int:
+        return len(self.history) + 1
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,7 @@ class TraitDataset:
     steering: SteeringSpec | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     paired: bool = False
+    override_sources: dict[str, str] = field(default_factory=dict)  # config key -> "file:line" that set it
 
     @property
     def qualified_name(self) -> str:
@@ -87,17 +106,19 @@ class TraitDataset:
         return f"{self.category}/{self.name}" if self.category else self.name
 
     def fingerprint(self) -> str:
-        """Hash of what changes extracted activations or their metrics: examples and overrides.
+        """Hash of the examples: what a trait's activations and metrics are computed from.
 
         Names, file layout and line numbers are left out so moving or reformatting a trait keeps
         its caches; the definition and steering spec only feed the judge, whose caches key on them.
+        The extraction.yaml settings are not in it: once applied they are part of the effective config,
+        which every job key holds, so a setting that the command line overrides changes nothing.
         """
 
-        def rows(examples: list[Example]) -> list[tuple[str, str | None, str | None]]:
-            return [(e.prompt, e.system_prompt, e.response) for e in examples]
+        def rows(examples: list[Example]) -> list[tuple[Any, ...]]:
+            return [(e.prompt, e.system_prompt, e.response) + ((e.history,) if e.history else ()) for e in examples]
 
-        return content_hash("trait-v1", rows(self.positive), rows(self.negative), rows(self.ood_positive),
-                            rows(self.ood_negative), self.paired, self.overrides)
+        return content_hash("trait-v2", rows(self.positive), rows(self.negative), rows(self.ood_positive),
+                            rows(self.ood_negative), self.paired)
 
 
 def default_traits_root() -> Path:
@@ -187,6 +208,9 @@ def _load_jsonl(path: Path) -> list[Example]:
         unknown = sorted(set(obj) - set(EXAMPLE_KEYS))
         if unknown:
             raise DataError(path, f"unknown key {unknown[0]!r}; allowed keys: {', '.join(EXAMPLE_KEYS)}", line=n)
+        if "messages" in obj:
+            out.append(_conversation(path, n, obj))
+            continue
         if "prompt" not in obj:
             raise DataError(path, 'missing key "prompt" (a non-empty string)', line=n)
         prompt = _string(path, n, "prompt", obj["prompt"], allow_empty=False)
@@ -194,6 +218,43 @@ def _load_jsonl(path: Path) -> list[Example]:
         response = _optional_string(path, n, "response", obj.get("response"), allow_empty=False)
         out.append(Example(prompt, system, response, source=f"{path.name}:{n}"))
     return out
+
+
+def _conversation(path: Path, n: int, obj: dict[str, Any]) -> Example:
+    """A `messages` line: [system?] then user/assistant alternating; the last user message is the prompt."""
+    both = sorted({"prompt", "system_prompt"} & set(obj))
+    if both:
+        raise DataError(path, f'"messages" and "{both[0]}" together; a conversation carries its own prompt and '
+                              "system message", line=n)
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(path, '"messages" must be a non-empty array of {"role", "content"} objects', line=n)
+    system, turns, pending = None, [], None
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            raise DataError(path, f'messages[{i}] must be an object with exactly "role" and "content"', line=n)
+        role = m["role"]
+        content = _string(path, n, f"messages[{i}].content", m["content"], allow_empty=role == "system")
+        expected = "user" if pending is None else "assistant"
+        if role == "system" and i == 0:
+            system = content
+        elif role != expected:
+            raise DataError(path, f"messages[{i}] has role {role!r}; expected {expected!r} (an optional system "
+                                  "message first, then user and assistant turns in turn)", line=n)
+        elif role == "user":
+            pending = content
+        else:
+            turns.append((pending, content))
+            pending = None
+    response = _optional_string(path, n, "response", obj.get("response"), allow_empty=False)
+    if pending is None:  # ends with the assistant: that reply is the response
+        if not turns:
+            raise DataError(path, '"messages" has no user message', line=n)
+        if response is not None:
+            raise DataError(path, '"messages" ends with an assistant reply and "response" is given too; keep one',
+                            line=n)
+        pending, response = turns.pop()
+    return Example(pending, system, response, source=f"{path.name}:{n}", history=tuple(turns))
 
 
 def _string(path: Path, line: int | None, key: str, value: Any, allow_empty: bool) -> str:
@@ -279,13 +340,37 @@ def _category_and_cascade(trait_dir: Path, root: Path) -> tuple[str, list[Path]]
 
 
 def load_overrides(trait_dir: Path, root: Path | None = None) -> dict[str, Any]:
-    """Merge the extraction.yaml cascade (global -> category -> trait); later files win per top-level key."""
+    """Merge the extraction.yaml cascade (global -> category -> trait); later files win key by key."""
+    return load_located_overrides(trait_dir, root)[0]
+
+
+def load_located_overrides(trait_dir: Path, root: Path | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The merged extraction.yaml settings and, per config key they set, the "file:line" that set it."""
     root = Path(root) if root is not None else default_traits_root()
     merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for f in _category_and_cascade(Path(trait_dir).resolve(), root)[1]:
-        if f.is_file():
-            merged.update(read_yaml_mapping(f))
-    return merged
+        if not f.is_file():
+            continue
+        values, lines = read_yaml_mapping_lines(f)
+        for key, value in values.items():
+            if key not in OVERRIDE_KEYS:
+                raise DataError(f, f"unknown key {key!r}; allowed keys: {', '.join(OVERRIDE_KEYS)}",
+                                line=lines.get((key,)))
+            if key != "generation":
+                merged[key] = value
+                sources[OVERRIDE_KEYS[key]] = f"{f}:{lines.get((key,))}"
+                continue
+            if not isinstance(value, dict):
+                raise DataError(f, f'"generation" must be a mapping of {", ".join(GENERATION_KEYS)}, '
+                                   f"got {type_name(value)}", line=lines.get((key,)))
+            for sub, v in value.items():
+                if sub not in GENERATION_KEYS:
+                    raise DataError(f, f"unknown key generation.{sub}; allowed: {', '.join(GENERATION_KEYS)}",
+                                    line=lines.get((key, str(sub))))
+                merged.setdefault("generation", {})[sub] = v
+                sources[f"extraction.generation.{sub}"] = f"{f}:{lines.get((key, sub))}"
+    return merged, sources
 
 
 def _check_stray_files(trait_dir: Path) -> None:
@@ -321,6 +406,7 @@ def load_trait(trait_dir: str | Path, root: Path | None = None) -> TraitDataset:
         definition = read_text(trait_dir / "definition.txt", "the judge rubric as plain text").strip()
     steering = load_steering(trait_dir / "steering.json") if (trait_dir / "steering.json").is_file() else None
     category, _ = _category_and_cascade(trait_dir, root)
+    overrides, override_sources = load_located_overrides(trait_dir, root)
     return TraitDataset(
         name=trait_dir.name,
         category=category,
@@ -331,8 +417,9 @@ def load_trait(trait_dir: str | Path, root: Path | None = None) -> TraitDataset:
         ood_negative=sets["ood_negative"],
         definition=definition,
         steering=steering,
-        overrides=load_overrides(trait_dir, root),
+        overrides=overrides,
         paired=paired,
+        override_sources=override_sources,
     )
 
 

@@ -35,6 +35,11 @@ def cache_key(backend: str, model: str, prompt: str, **extra: Any) -> str:
     return content_hash("judge-v1", backend, model, prompt, sorted(extra.items()))
 
 
+def scale_key(backend: str, model: str, base_url: str | None = None) -> str:
+    """Key of the answer scale (9 or 100) a judge model was found to use, stored beside its logprobs."""
+    return content_hash("judge-scale-v1", backend, model, base_url)
+
+
 def _checksum(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:16]
 

@@ -70,13 +70,12 @@ class PerplexityCoherence:
 
     @torch.inference_mode()
     def _batch_ppl(self, encoded: Sequence[Any]) -> list[float]:
-        from traitlab.judge.hf_local import last_token_positions
-        from traitlab.models.encoding import pad_id_of, pad_left
+        from traitlab.models.encoding import pad_id_of, padded_inputs
 
         lm = self.loaded()
-        ids, mask = pad_left(encoded, pad_id_of(lm.tokenizer), lm.device)
-        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=last_token_positions(mask),
-                          use_cache=False).logits.float()
+        inputs = padded_inputs(encoded, pad_id_of(lm.tokenizer), lm.device)
+        ids = inputs["input_ids"]
+        logits = lm.model(**inputs, use_cache=False).logits.float()
         # Token t is predicted by position t-1; count only response tokens.
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
         width = ids.shape[1]
@@ -92,8 +91,10 @@ class PerplexityCoherence:
         from traitlab.models.batching import run_halving
         from traitlab.models.chat import format_prompt
         from traitlab.models.encoding import encode, length_sorted_batches
+        from traitlab.models.identity import identity_of
 
-        keys = [cache_key(self.backend, self._name, f"{r.question}\x00{r.response}") for r in requests]
+        model = identity_of(self._lm.spec if self._lm is not None else self._name).key  # not the display name
+        keys = [cache_key(self.backend, model, f"{r.question}\x00{r.response}") for r in requests]
         found = self.cache.get_many(keys)
         todo = [i for i, (k, r) in enumerate(zip(keys, requests, strict=True))
                 if k not in found and r.response.strip()]

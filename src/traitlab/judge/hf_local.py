@@ -29,14 +29,6 @@ def numbers_are_single_tokens(tokenizer: Any) -> bool:
     return True
 
 
-def last_token_positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch: each row counts from 0 at its first real token.
-
-    A plain forward (unlike generate) would number the pad slots too and shift every real token.
-    """
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 class HFLocalSource:
     """A LogprobSource backed by a LoadedModel (or a model name, loaded with traitlab's load_model)."""
 
@@ -57,12 +49,16 @@ class HFLocalSource:
         self._lm = None if isinstance(model, str) else model
         self._name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
         self.batch_size = batch_size
-        self._scale_setting = scale_max
+        self.scale_setting = scale_max
         self.max_length = max_length
 
     @property
     def model_id(self) -> str:
-        return str(self._name)
+        """The judge model's identity key (models/identity.py), which keys the cache: two models that share a
+        display name (a base and its LoRA variant) never share answers. Needs no weights loaded."""
+        from traitlab.models.identity import identity_of
+
+        return identity_of(self._lm.spec if self._lm is not None else self._name).key
 
     def loaded(self) -> Any:
         if self._lm is None:
@@ -73,9 +69,10 @@ class HFLocalSource:
 
     @property
     def scale_max(self) -> int:
-        if self._scale_setting == "auto":
-            self._scale_setting = 100 if numbers_are_single_tokens(self.loaded().tokenizer) else 9
-        return int(self._scale_setting)
+        """The set scale, or detected from the model's tokenizer (which loads the model)."""
+        if self.scale_setting == "auto":
+            return 100 if numbers_are_single_tokens(self.loaded().tokenizer) else 9
+        return int(self.scale_setting)
 
     def validate(self) -> None:
         """Nothing to check without loading; loading errors are ModelError/ConfigError one-liners anyway."""
@@ -97,12 +94,11 @@ class HFLocalSource:
 
     @torch.inference_mode()
     def _forward(self, encoded: Sequence[Any], top_k: int) -> list[Logprobs]:
-        from traitlab.models.encoding import pad_id_of, pad_left
+        from traitlab.models.encoding import pad_id_of, padded_inputs
 
         lm = self.loaded()
-        ids, mask = pad_left(encoded, pad_id_of(lm.tokenizer), lm.device)
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=last_token_positions(mask),
-                       use_cache=False, logits_to_keep=1)
+        out = lm.model(**padded_inputs(encoded, pad_id_of(lm.tokenizer), lm.device), use_cache=False,
+                       logits_to_keep=1)
         logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         values, indices = logprobs.topk(top_k, dim=-1)
         rows = []

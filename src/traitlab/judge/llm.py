@@ -107,12 +107,15 @@ class OpenAICompatibleSource:
         self._model = model or (DEFAULT_OPENAI_MODEL if backend == "openai" else None)
         self.base_url = base_url.rstrip("/") if base_url else None
         self.api_key_env = api_key_env or (OPENAI_KEY_ENV if backend == "openai" else None)
+        from traitlab.tracking.params import register_secret_env
+
+        register_secret_env(self.api_key_env)  # its value is scrubbed from every message and log line
         self.max_retries = max_retries
         self.timeout_s = float(timeout_s)
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.concurrency = max(1, int(concurrency))
-        self._scale_max = scale_max
+        self.scale_setting = scale_max
         self._client: Any = None
         self._key: str | None = None
 
@@ -125,10 +128,14 @@ class OpenAICompatibleSource:
 
     @property
     def scale_max(self) -> int:
-        """100, or 9 for a judge whose tokenizer splits numbers (see judge/scoring.py); auto asks the server."""
-        if self._scale_max == "auto":
-            self._scale_max = 100 if self.backend == "openai" else self._detect_scale()
-        return int(self._scale_max)
+        """100, or 9 for a judge whose tokenizer splits numbers (see judge/scoring.py).
+
+        auto: 100 for OpenAI's own API (its tokenizers spell 0..100 as one token each); any other server
+        (a custom base_url, even with backend=openai) may serve any model, so its tokenizer is asked.
+        """
+        if self.scale_setting == "auto":
+            self.scale_setting = 100 if self.backend == "openai" and self.base_url is None else self._detect_scale()
+        return int(self.scale_setting)
 
     def _server_tokens(self, text: str) -> list[int] | None:
         """Token ids of `text` from the server's tokenize endpoint, or None if it has none we know."""
@@ -164,13 +171,18 @@ class OpenAICompatibleSource:
         return None
 
     def _detect_scale(self) -> int:
-        """100 if the server's tokenizer spells 77 and 100 as one token each, else 9."""
+        """100 if the server's tokenizer spells 77 and 100 as one token each, else 9.
+
+        A server without a tokenize endpoint leaves it unknown, and guessing is not an option: reading the first
+        token of "85" from a digit-splitting model gives 8, so no answer would ever count as coherent.
+        """
         for text in ("77", "100"):
             tokens = self._server_tokens(text)
             if tokens is None:
-                log.warning("%s: cannot tell whether the judge model splits numbers into digits; assuming 0-100 "
-                            "(set judge.scale_max=9 for SmolLM2/Qwen/Mistral-style tokenizers)", self._where())
-                return 100
+                raise ConfigError("judge.scale_max", f"{self._where()} has no tokenize endpoint, so whether the judge "
+                                  "model spells numbers as one token is unknown; set judge.scale_max=9 (tokenizers "
+                                  "that split digits: SmolLM2, Qwen, Mistral, Llama-2) or 100 (one token per number "
+                                  "up to 100: Llama-3, GPT-4)")
             if len(tokens) != 1:
                 return 9
         return 100

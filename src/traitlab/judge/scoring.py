@@ -8,6 +8,11 @@ splits numbers into digits (SmolLM2, Qwen, Mistral): there the first token of "8
 for 0-100 and reading one token would silently score everything 0-9. Asking for one digit keeps the
 single-token read exact; scores are then rescaled to 0-100 so thresholds (coherence >= 77) mean the
 same for every judge.
+
+The scale is detected wherever another model may answer (a local model's tokenizer, a server's tokenize
+endpoint; only OpenAI's own API is known to be 0-100) and fails clearly when it cannot be known. Once known
+it is stored in the judge cache beside the logprobs (keyed by backend, model and server), so re-scoring from
+the cache needs neither the judge model nor its server.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, Protocol
 from traitlab.errors import ConfigError
 from traitlab.judge.aggregate import integer_weights, logprob_score
 from traitlab.judge.base import JudgeScore, ScoreRequest
-from traitlab.judge.cache import ScoreCache, cache_key
+from traitlab.judge.cache import ScoreCache, cache_key, scale_key
 from traitlab.judge.prompts import PromptTemplate, resolve_template
 
 log = logging.getLogger(__name__)
@@ -91,9 +96,27 @@ class OneTokenJudge:
         self.top_logprobs = top_logprobs
         self.cache = cache if cache is not None else ScoreCache(None)
         self.prompts_dir = prompts_dir
+        self._scale: int | None = None
 
     def validate(self) -> None:
         self.source.validate()
+
+    @property
+    def scale_max(self) -> int:
+        """The judge's answer scale: set, stored in the cache by an earlier run, or detected (then stored)."""
+        if self._scale is None:
+            setting = getattr(self.source, "scale_setting", "auto")
+            if setting != "auto":
+                self._scale = int(setting)
+            else:
+                key = scale_key(self.source.backend, self.source.model_id, getattr(self.source, "base_url", None))
+                stored = self.cache.get(key)
+                if stored in (9, 100):
+                    self._scale = int(stored)
+                else:
+                    self._scale = int(self.source.scale_max)
+                    self.cache.put(key, self._scale)
+        return self._scale
 
     def templates_for(self, req: ScoreRequest) -> list[tuple[str, PromptTemplate]]:
         """(kind, template) pairs asked about one request."""
@@ -101,7 +124,7 @@ class OneTokenJudge:
 
     def prompts_for(self, req: ScoreRequest, scale_max: int | None = None) -> list[JudgePrompt]:
         """The rendered prompts (and cache keys) this judge asks about one request."""
-        scale_max = self.source.scale_max if scale_max is None else scale_max
+        scale_max = self.scale_max if scale_max is None else scale_max
         values = dict(trait=req.trait, definition=req.definition, question=req.question, answer=req.response,
                       max_score=scale_max)
         jobs = []
@@ -138,7 +161,7 @@ class OneTokenJudge:
         """Per request: {kind: 0-100 score or None} and the raw record of how each score was computed."""
         if not requests:
             return []
-        scale_max = self.source.scale_max
+        scale_max = self.scale_max
         per_request = [self.prompts_for(r, scale_max) for r in requests]
         prompts_by_key = {j.key: j.prompt for jobs in per_request for j in jobs}
         found, hits = self.fetch(prompts_by_key)

@@ -23,14 +23,15 @@ class Encoded:
         return len(self.ids)
 
 
-def _starts_with_bos(tokenizer: Any, text: str) -> bool:
+def add_special_tokens_for(tokenizer: Any, prompt_text: str) -> bool:
+    """Add the tokenizer's special tokens (BOS) only when the formatted text does not already start with BOS."""
     bos = getattr(tokenizer, "bos_token", None)
-    return bool(bos) and text.startswith(bos)
+    return not (bool(bos) and prompt_text.startswith(bos))
 
 
 def encode(tokenizer: Any, prompt_text: str, response: str | None = None, max_length: int | None = None) -> Encoded:
     """Encode one formatted prompt and optional response; add BOS only if the text does not already have it."""
-    add_special = not _starts_with_bos(tokenizer, prompt_text)
+    add_special = add_special_tokens_for(tokenizer, prompt_text)
     p = tokenizer(prompt_text, add_special_tokens=add_special)["input_ids"]
     r = tokenizer(response, add_special_tokens=False)["input_ids"] if response else []
     ids = list(p) + list(r)
@@ -49,6 +50,26 @@ def pad_left(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str
             ids[i, width - e.seq_len:] = torch.tensor(e.ids, dtype=torch.long)
             mask[i, width - e.seq_len:] = 1
     return ids.to(device), mask.to(device)
+
+
+def position_ids_of(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: each row counts from 0 at its first real token.
+
+    A plain forward (unlike generate) would number the pad slots too, shifting every real token of a short
+    row; with absolute position embeddings (GPT-2) that changes its activations, with rotary ones only
+    rounding. Pad slots get 0 (they are masked out anyway).
+    """
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def padded_inputs(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The model inputs of a left-padded batch: input_ids, attention_mask and position_ids.
+
+    Every padded forward in traitlab goes through this, so a padded row gives the same activations as the
+    same row run alone: `model(**padded_inputs(...), use_cache=False)`.
+    """
+    ids, mask = pad_left(encoded, pad_id, device)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_of(mask)}
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

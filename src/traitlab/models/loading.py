@@ -48,6 +48,9 @@ class ModelSpec:
     use_chat_template: bool | None = None
     trust_remote_code: bool = False
     attn_implementation: str | None = None
+    # Use another model's vectors: `base` (this model without lora/quantization) or an identity key (the
+    # `model` tag of its extraction runs). Null: this model's own. See models/identity.py.
+    vectors_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -66,7 +69,15 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
+        """The display name (`model.name`): a label, not an identity; see `identity`."""
         return self.spec.name
+
+    @property
+    def identity(self) -> Any:
+        """What keys the registry, tags and caches: id or path, weights digest, quantization, adapter."""
+        from traitlab.models.identity import identity_of
+
+        return identity_of(self.spec)
 
     @property
     def device(self) -> torch.device:
@@ -284,7 +295,8 @@ def resolve_lora(lora: str) -> str:
 
 
 def _spec_key(spec: ModelSpec) -> str:
-    return repr(sorted(asdict(spec).items()))
+    # vectors_from says which vectors a run uses, not what to load: variants of it share one loaded copy
+    return repr(sorted((k, v) for k, v in asdict(spec).items() if k != "vectors_from"))
 
 
 def validate_spec(spec: ModelSpec) -> None:
@@ -299,15 +311,22 @@ def validate_spec(spec: ModelSpec) -> None:
         resolve_lora(spec.lora)
 
 
+def model_spec(spec: ModelSpec | str | dict[str, Any]) -> ModelSpec:
+    """A ModelSpec from a spec, a known model name (smollm2_135m), a Hub id / directory, or a dict."""
+    if isinstance(spec, str):
+        return replace(KNOWN_MODELS[spec]) if spec in KNOWN_MODELS else ModelSpec(name=spec, id=spec)
+    if isinstance(spec, dict):
+        return ModelSpec(**spec)
+    return spec
+
+
 def load_model(spec: ModelSpec | str | dict[str, Any], reuse: bool = True) -> LoadedModel:
     """Load (or reuse from this process) a causal LM + tokenizer ready for batched, left-padded work."""
-    if isinstance(spec, str):
-        spec = replace(KNOWN_MODELS[spec]) if spec in KNOWN_MODELS else ModelSpec(name=spec, id=spec)
-    elif isinstance(spec, dict):
-        spec = ModelSpec(**spec)
+    spec = model_spec(spec)
     key = _spec_key(spec)
     if reuse and key in _LOADED:
-        return _LOADED[key]
+        got = _LOADED[key]
+        return got if got.spec == spec else replace(got, spec=spec)  # same weights, this spec's vectors_from
 
     _quiet_bitsandbytes()  # before transformers/peft import bitsandbytes, which logs at import time
     from transformers import AutoModelForCausalLM, AutoTokenizer

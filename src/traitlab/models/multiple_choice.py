@@ -35,10 +35,9 @@ from traitlab.core.hooks import PerSampleSteering
 from traitlab.core.proportions import Interval, accuracy_estimate, paired_accuracy_difference
 from traitlab.data.multiple_choice import LETTERS, ChoiceItem
 from traitlab.errors import ConfigError, ModelError
-from traitlab.judge.hf_local import last_token_positions
 from traitlab.models.batching import run_halving
 from traitlab.models.chat import format_prompt
-from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, pad_left
+from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, padded_inputs
 from traitlab.models.loading import LoadedModel
 
 Setting = Sequence[tuple[int, torch.Tensor, float]] | None
@@ -249,11 +248,11 @@ def score_choices(
 
     def forward(idx: list[int]) -> list[list[float]]:
         batch = [rows[i] for i in idx]
-        ids, mask = pad_left(batch, pad_id_of(lm.tokenizer), lm.device)
+        inputs = padded_inputs(batch, pad_id_of(lm.tokenizer), lm.device)
+        ids = inputs["input_ids"]
         keep = 1 if scoring == "letter" else 1 + max(e.seq_len - e.prompt_len for e in batch)
         with steered(idx) if hook is not None else nullcontext():
-            out = lm.model(input_ids=ids, attention_mask=mask, position_ids=last_token_positions(mask),
-                           use_cache=False, logits_to_keep=keep)
+            out = lm.model(**inputs, use_cache=False, logits_to_keep=keep)
         if scoring == "letter":
             return letter_logprobs_from_logits(out.logits[:, -1, :], letter_ids).cpu().tolist()
         return [[v] for v in _reply_logprob_sums(out.logits, ids, batch)]

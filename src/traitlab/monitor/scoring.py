@@ -20,7 +20,7 @@ from traitlab.core.massive import MaxAbsTracker
 from traitlab.data.texts import TextItem
 from traitlab.models.batching import run_halving
 from traitlab.models.chat import format_prompt
-from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, pad_left
+from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, padded_inputs
 from traitlab.models.loading import LoadedModel
 from traitlab.monitor.records import build_record
 from traitlab.monitor.vectors import TraitVector, vectors_by_layer
@@ -78,14 +78,15 @@ def project_encoded(
     out: list[Scored | None] = [None] * len(encoded)
 
     def run(rows: list[int]) -> list[Scored]:
-        ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
+        inputs = padded_inputs([encoded[i] for i in rows], pad_id, device)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
         calib = (
             tracker.hooks(model, component, valid=mask.bool())
             if tracker is not None and not tracker.full
             else nullcontext()
         )
         with proj, calib:
-            trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+            trunk(**inputs, use_cache=False)
         scores = {layer: proj.scores(layer).cpu() for layer in layers}
         norms = {layer: proj.norms(layer).cpu() for layer in layers}
         res = []
@@ -126,10 +127,11 @@ def capture_encoded(
     trunk = base_model(model)
 
     def run(rows: list[int]) -> list[None]:
-        ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
+        inputs = padded_inputs([encoded[i] for i in rows], pad_id, device)
+        ids = inputs["input_ids"]
         cap = MultiLayerCapture(model, layers, component=component, pool="none", stop_after_last=True)
         with cap:
-            trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+            trunk(**inputs, use_cache=False)
         got = cap.get_all()
         for b, i in enumerate(rows):
             pad = ids.shape[1] - encoded[i].seq_len
@@ -156,9 +158,9 @@ def calibrate_encoded(
     for rows in _batches(encoded, batch_size):
         if tracker.full:
             break
-        ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
-        with tracker.hooks(model, component, valid=mask.bool()):
-            trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+        inputs = padded_inputs([encoded[i] for i in rows], pad_id, device)
+        with tracker.hooks(model, component, valid=inputs["attention_mask"].bool()):
+            trunk(**inputs, use_cache=False)
 
 
 def decode_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from traitlab.core.analysis import rank_segments
 from traitlab.core.clauses import clause_spans
-from traitlab.monitor.records import series_by_label, span_rows, split_label
+from traitlab.monitor.records import series_by_label, span_row, span_rows, split_label
 
 
 def response_clauses(record: dict[str, Any]) -> list[tuple[int, int]]:
@@ -35,23 +35,8 @@ def clause_rows(
     """Rows of the k clauses (of at least ``min_tokens`` scored tokens) with the highest (or lowest) mean score;
     ``seqs`` are the records' response scores, ``clauses`` their clause offsets (default: split now)."""
     clauses = clauses if clauses is not None else [response_clauses(r) for r in records]
-    rows = []
-    for rank, sp in enumerate(rank_segments(seqs, clauses, k, largest=largest, min_tokens=min_tokens)):
-        rec = records[sp.seq]
-        start = rec["n_prompt_tokens"]
-        rows.append({
-            **label,
-            "unit": "clause",
-            "direction": "top" if largest else "bottom",
-            "rank": rank,
-            "source": rec.get("source"),
-            "prompt_id": rec["prompt_id"],
-            "start": sp.start,
-            "stop": sp.stop,
-            "mean": sp.mean,
-            "text": "".join(rec["tokens"][start + sp.start : start + sp.stop]),
-        })
-    return rows
+    ranked = rank_segments(seqs, clauses, k, largest=largest, min_tokens=min_tokens)
+    return [span_row(records, sp, label, rank, largest, "clause") for rank, sp in enumerate(ranked)]
 
 
 def spans_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -90,6 +75,6 @@ def ranked_spans(records: Sequence[dict[str, Any]], *, unit: str, window: int, t
             if clauses is not None:
                 rows += clause_rows(records, seqs, label, top_n, largest, min_tokens, clauses)
             else:
-                rows += [{**r, "unit": "window"} for r in span_rows(records, seqs, label, window, top_n, largest)]
+                rows += span_rows(records, seqs, label, window, top_n, largest)
         out[lab] = rows
     return out

@@ -32,6 +32,7 @@ from traitlab.core.layers import parse_layers
 from traitlab.data.texts import Source, TextItem, load_sources
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
+from traitlab.models.identity import identity_of, model_tags, vectors_key
 from traitlab.models.loading import LoadedModel, ModelSpec, load_model
 from traitlab.monitor import calibration as calib
 from traitlab.monitor import correlation as corr_rows
@@ -375,19 +376,21 @@ def run_analyze(
     tracking = {"experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
     vectors = []
     if name != "calibration":  # the calibration needs no vectors
-        traits = resolve_traits(cfg.traits, cfg.model.name, **tracking)
+        traits = resolve_traits(cfg.traits, vectors_key(cfg.model), **tracking)
         n_layers, dim = _n_layers_and_dim(cfg, lm)
-        vectors = select_vectors(traits, cfg.model.name, cfg.layers, n_layers, cfg.inference, dim=dim, **tracking)
+        vectors = select_vectors(traits, vectors_key(cfg.model), cfg.layers, n_layers, cfg.inference, dim=dim,
+                                 **tracking)
     key = content_hash("analyze-v1", name, asdict(cfg.analysis), asdict(cfg.inference),
                        [(tv.trait, tv.layer, tv.ref.run_id, tv.ref.method, tv.ref.position) for tv in vectors],
                        [s.fingerprint() for s in sources] or None,
-                       model_key(lm) if lm is not None else cfg.model.name,
+                       model_key(lm) if lm is not None else vectors_key(cfg.model),
                        asdict(cfg.variant_b) if name == "model_diff" else None, cfg.seed)
-    tags = {"traitlab.stage": "analyze", "analysis": name, "model": cfg.model.name,
+    tags = {"traitlab.stage": "analyze", "analysis": name, **model_tags(cfg.model),
             "traits": ",".join(sorted({tv.trait for tv in vectors}))[:5000],
             "layers": ",".join(map(str, sorted({tv.layer for tv in vectors}))), "component": cfg.inference.component}
     if name == "model_diff":
-        tags.update(variant_a=cfg.variant_a.name, variant_b=cfg.variant_b.name)
+        tags.update(variant_a=identity_of(cfg.variant_a).key, variant_b=identity_of(cfg.variant_b).key,
+                    variant_a_name=cfg.variant_a.name, variant_b_name=cfg.variant_b.name)
     if cfg.analysis.source_run:
         runs = cfg.analysis.source_run
         tags["source_run"] = runs if isinstance(runs, str) else ",".join(map(str, runs))

@@ -21,6 +21,7 @@ from traitlab.config.generate import ChatConfig
 from traitlab.data.texts import TextItem
 from traitlab.errors import ConfigError, TraitlabError
 from traitlab.io import content_hash
+from traitlab.models.identity import model_tags, vectors_key
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.monitor.generation import MonitoredGeneration, generate_monitored
 from traitlab.monitor.records import build_record
@@ -167,7 +168,7 @@ class ChatSession:
             w = float(weight) if weight.strip() else 1.0
         except ValueError:
             raise ConfigError("weights", f"{weight!r} is not a number") from None
-        v = SteeringVector.from_spec(spec, self.cfg.model.name, self.cfg.layers, method=self.cfg.method,
+        v = SteeringVector.from_spec(spec, vectors_key(self.cfg.model), self.cfg.layers, method=self.cfg.method,
                                      position=self.cfg.position, component=self.cfg.component, **self._tracking())
         return v, w
 
@@ -227,7 +228,7 @@ def save_transcript(session: ChatSession, name: str | None = None) -> str:
     transcript = [{"user": t.user, "assistant": t.reply, "steering": t.steering} for t in session.turns]
     key = content_hash("chat-v1", model_key(lm), transcript, time.time())
     traits = sorted({v.trait or v.label for v in session.setup.vectors})
-    tags = {"traitlab.stage": "chat", "model": lm.name, "trait": ",".join(traits)[:5000],
+    tags = {"traitlab.stage": "chat", **model_tags(cfg.model), "trait": ",".join(traits)[:5000],
             "steering": session.setup.describe()[:5000], "mode": session.setup.mode,
             "monitor": ",".join(tv.label for tv in session.monitored)[:5000]}
     _, columns = vectors_by_layer(session.monitored)

@@ -1,4 +1,4 @@
-"""Pieces several stages share: model identity for cache keys, chat-formatting examples, cached
+"""Pieces several stages share: the cache key of a loaded model, chat-formatting examples, cached
 responses and cached pooled activations (content-addressed, atomic, locked per key)."""
 
 from __future__ import annotations
@@ -20,41 +20,34 @@ from traitlab.data.texts import TextItem
 from traitlab.errors import ConfigError, DataError
 from traitlab.io import atomic_write_json, content_hash, load_tensors, read_json, save_tensors
 from traitlab.models.capture import TextPair, capture_pooled
-from traitlab.models.chat import format_prompt
+from traitlab.models.chat import PromptLayout, format_conversation, format_prompt
 from traitlab.models.generation import generate_texts
+from traitlab.models.identity import vectors_key
 from traitlab.models.loading import LoadedModel, model_config, validate_spec
+from traitlab.models.segments import thinking_chars
 from traitlab.paths import cache_dir
 from traitlab.tracking.registry import layer_vectors
 
 log = logging.getLogger(__name__)
 
 
-def _adapter_digest(lora: str | None) -> str | None:
-    """Hash of a local LoRA adapter's files, so retraining an adapter in place invalidates its caches."""
-    if not lora:
-        return None
-    d = Path(lora).expanduser()
-    if not d.is_dir():
-        return lora
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(d.glob("adapter_*")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def model_key(lm: LoadedModel) -> str:
-    s = lm.spec
-    parts = [s.id, s.gguf_file, s.revision, s.quantization, s.lora, str(lm.dtype), lm.use_chat_template]
-    if s.lora:
-        parts.append(_adapter_digest(s.lora))
-    return content_hash("model-v1", *parts)
+    """Cache key of a loaded model: its identity (weights, quantization, adapter; models/identity.py) plus what
+    changes its activations without changing the identity (dtype, chat template on or off)."""
+    return content_hash("model-v2", lm.identity.key, str(lm.dtype), lm.use_chat_template)
 
 
 def prompt_texts(lm: LoadedModel, examples: Sequence[Example]) -> list[str]:
-    return [format_prompt(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template) for e in examples]
+    return [format_prompt(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template, e.history)
+            for e in examples]
+
+
+def prompt_layouts(lm: LoadedModel, examples: Sequence[Example], responses: Sequence[str]) -> list[PromptLayout]:
+    """Formatted prompts with where their parts sit. A response that holds a thinking block is read in thinking
+    mode (the template then leaves the reasoning open for it instead of closing an empty block)."""
+    return [format_conversation(lm.tokenizer, e.prompt, e.system_prompt, lm.use_chat_template, e.history,
+                                thinking=thinking_chars(r or "") is not None)
+            for e, r in zip(examples, responses, strict=True)]
 
 
 def _locked(path: Path) -> FileLock:
@@ -98,7 +91,8 @@ def pooled_activations(
     layers: Sequence[int], batch_size: int, max_length: int, desc: str = "capture",
 ) -> torch.Tensor:
     """[N, len(layers), D] float32, cached by (model, texts, position, component, layers, max_length)."""
-    texts = prompt_texts(lm, examples)
+    layouts = prompt_layouts(lm, examples, responses)
+    texts = [lay.text for lay in layouts]
     key = content_hash("acts-v1", model_key(lm), texts, list(responses), position, component, list(layers),
                        max_length)
     path = cache_dir() / "activations" / f"{key}.safetensors"
@@ -112,7 +106,7 @@ def pooled_activations(
             except (DataError, KeyError):
                 pass
             log.warning("%s is damaged or stale: recapturing", path)
-        pairs = [TextPair(t, r) for t, r in zip(texts, responses, strict=True)]
+        pairs = [TextPair(lay.text, r, lay) for lay, r in zip(layouts, responses, strict=True)]
         acts = capture_pooled(lm, pairs, position=position, layers=layers, component=component,
                               batch_size=batch_size, max_length=max_length, desc=desc)
         faults.maybe_fail("capture")
@@ -127,7 +121,7 @@ def source_vectors(cfg: VectorSourceConfig) -> tuple[dict[int, torch.Tensor], di
     trait = None if cfg.vector_file else load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path)).qualified_name
     component = cfg.component.name
     dim = conf.hidden_size if component == "residual" else None
-    vectors, prov = layer_vectors(trait, cfg.model.name, cfg.layers, conf.num_hidden_layers, files=cfg.vector_file,
+    vectors, prov = layer_vectors(trait, vectors_key(cfg.model), cfg.layers, conf.num_hidden_layers, files=cfg.vector_file,
                                   dim=dim, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri,
                                   method=cfg.method.name if cfg.method else None,
                                   position=cfg.position.spec if cfg.position else None, component=component)
@@ -231,7 +225,7 @@ def steering_setup(cfg: Any) -> Any:
         raise ConfigError("cap.quantile", f"{cfg.cap.quantile} must be in (0, 1)")
     registry = {"method": cfg.method, "position": cfg.position, "component": cfg.component,
                 "experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
-    vectors = [SteeringVector.from_spec(s, cfg.model.name, cfg.layers, **registry) for s in specs]
+    vectors = [SteeringVector.from_spec(s, vectors_key(cfg.model), cfg.layers, **registry) for s in specs]
     return SteeringSetup(vectors, weights, cfg.coefficient, cfg.mode, cap=cfg.cap.side)
 
 
@@ -256,7 +250,7 @@ def check_monitored(cfg: Any) -> None:
 
     named = trait_list(cfg.monitor, key="monitor")
     if named:
-        require_vectors(named, cfg.model.name, _monitor_filters(cfg), experiment=cfg.tracking.experiment,
+        require_vectors(named, vectors_key(cfg.model), _monitor_filters(cfg), experiment=cfg.tracking.experiment,
                         uri=cfg.tracking.uri, key="monitor")
 
 
@@ -274,13 +268,13 @@ def monitored_vectors(cfg: Any, setup: Any, lm: LoadedModel) -> list[Any]:
         registered, own = list(dict.fromkeys(named)), []
     else:
         steered = list(dict.fromkeys(v.trait for v in setup.vectors if v.trait))
-        registered = [t for t in steered if find_vectors(t, lm.name, component=cfg.component, **tracking)]
+        registered = [t for t in steered if find_vectors(t, vectors_key(lm.spec), component=cfg.component, **tracking)]
         own = [v for v in setup.vectors if v.trait not in registered]
-    chosen = select_vectors(registered, lm.name, cfg.monitor_layers, lm.n_layers, _monitor_filters(cfg),
+    chosen = select_vectors(registered, vectors_key(lm.spec), cfg.monitor_layers, lm.n_layers, _monitor_filters(cfg),
                             dim=component_dim(lm.model, cfg.component), **tracking) if registered else []
     for v in own:
         for layer in v.layers:
-            ref = VectorRef(v.source_run or "file", v.trait or "vector", lm.name, v.method or "", v.component,
+            ref = VectorRef(v.source_run or "file", v.trait or "vector", vectors_key(lm.spec), v.method or "", v.component,
                             v.position or "", layer)
             chosen.append(TraitVector(v.trait or "vector", layer, ref, v[layer], float("nan"), "steered vector"))
     return chosen
@@ -314,7 +308,8 @@ def neutral_calibration(lm: LoadedModel, component: str, massive: Any, *, max_le
         texts = responses_for(lm, examples, gen, seed=0, desc="neutral set")
         items = [TextItem(it.id, it.prompt, it.system_prompt, t) for it, t in zip(items, texts, strict=True)]
     record = calibrate_items(lm, items, component=component, max_tokens=massive.max_tokens, max_length=max_length,
-                             batch_size=batch_size, model=lm.name, model_key=mkey, calibration="neutral",
+                             batch_size=batch_size, model=lm.name, model_identity=lm.identity.key,
+                             model_key=mkey, calibration="neutral",
                              set=source.name, set_fingerprint=source.fingerprint(),
                              source=f"neutral set {source.name}")
     log.info("neutral calibration of %s on %s: %d texts, %d tokens -> %s", lm.name, source.name,

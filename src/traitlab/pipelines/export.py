@@ -15,6 +15,7 @@ from traitlab.config.export import ExportConfig
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
 from traitlab.models.control_vector import write_control_vector
+from traitlab.models.identity import model_tags
 from traitlab.paths import outputs_dir
 from traitlab.pipelines.common import source_vectors
 from traitlab.tracking.artifacts import slug
@@ -51,7 +52,7 @@ def run_export(cfg: ExportConfig, parent_run_id: str | None = None) -> ExportRes
                          metadata=meta, n_layers=conf.num_hidden_layers)
     log.info("wrote %s (layers %s, scale %g)", out, prov["layers"], cfg.scale)
     digest = content_hash("export-v1", {k: v.tolist() for k, v in sorted(vectors.items())}, cfg.scale, cfg.model.id)
-    tags = {"traitlab.stage": "export", "trait": prov.get("trait", ""), "model": cfg.model.name,
+    tags = {"traitlab.stage": "export", "trait": prov.get("trait", ""), **model_tags(cfg.model),
             "component": cfg.component.name, "layers": ",".join(map(str, prov["layers"])), "export.format": "gguf"}
     with stage_run(cfg, job_key=digest, run_name=f"export-{slug(prov.get('trait') or 'vectors')}", tags=tags,
                    parent_run_id=parent_run_id) as run:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from traitlab import faults
 from traitlab.config.schema import ExtractConfig, MethodConfig, TraitConfig
+from traitlab.config.trait_overrides import apply_trait_overrides
 from traitlab.core.components import COMPONENTS, component_dim
 from traitlab.core.diagnostics import confound_warnings, length_stats
 from traitlab.core.evaluation import fit_and_score
@@ -31,9 +32,11 @@ from traitlab.core.metrics import argmax_finite
 from traitlab.core.positions import parse_position
 from traitlab.core.vecmath import pairwise_cosine_matrix
 from traitlab.data import TraitDataset, load_trait, resolve_trait_dir
+from traitlab.data.frames import check_position_frames
 from traitlab.data.splits import fold_indices, trait_groups, trait_split
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
+from traitlab.models.identity import model_tags
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.pipelines.common import model_key, pooled_activations, responses_for
 from traitlab.tracking.artifacts import save_vector, vector_dir, vector_path
@@ -90,10 +93,20 @@ class ExtractResult:
         return _best(self.metrics, self.selection)
 
 
-def validate_inputs(cfg: ExtractConfig) -> TraitDataset:
-    """Everything checkable without the model: trait files, position DSL, component, method, split."""
+def prepare(cfg: ExtractConfig, command_line: Collection[str] | None = None
+            ) -> tuple[ExtractConfig, TraitDataset, dict[str, dict[str, Any]]]:
+    """The effective config (the trait's extraction.yaml applied below the command line; see
+    config/trait_overrides.py), the validated trait, and where each of the trait's settings came from."""
     trait = load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
+    cfg, settings = apply_trait_overrides(cfg, trait, command_line)
+    return cfg, validate_inputs(cfg, trait), settings
+
+
+def validate_inputs(cfg: ExtractConfig, trait: TraitDataset | None = None) -> TraitDataset:
+    """Everything checkable without the model: trait files, position DSL, component, method, split."""
+    trait = trait or load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
     parse_position(cfg.position.spec)
+    check_position_frames(cfg.position.spec, trait, cfg.extraction.use_provided_responses)
     if cfg.component.name not in COMPONENTS:
         raise ConfigError("component", f"'{cfg.component.name}' is not one of {', '.join(COMPONENTS)}")
     get_method(cfg.method.name, **dict(cfg.method.kwargs))
@@ -222,7 +235,8 @@ def _log_outputs(run: JobRun, cfg: ExtractConfig, trait: TraitDataset, lm: Loade
     run.log_metrics({**{k: float(v) for k, v in ex.counts.items()}, **_rounded(ex.data_stats, lambda k: f"data/{k}")})
     with tempfile.TemporaryDirectory() as tmp:
         for layer, v in ex.vectors.items():
-            meta = {"trait": trait.qualified_name, "model": lm.name, "model_id": lm.spec.id,
+            meta = {"trait": trait.qualified_name, "model": lm.identity.key, "model_name": lm.name,
+                    "model_id": lm.spec.id,
                     "method": cfg.method.name, "component": cfg.component.name, "position": cfg.position.spec,
                     "layer": layer, "dim": int(v.shape[0]), "metrics": _json_safe(metrics[layer]),
                     "method_metadata": _json_safe(ex.method_metadata[layer]), "counts": ex.counts,
@@ -286,7 +300,8 @@ def fit_trait(cfg: ExtractConfig, lm: LoadedModel | None = None, trait: TraitDat
 
     `fit_trait(cfg, lm).diagnostics(layer)` gives the pre-flight diagnostics of a trait at a layer.
     """
-    trait = trait or validate_inputs(cfg)
+    if trait is None:
+        cfg, trait, _ = prepare(cfg)
     lm = lm or load_model(cfg.model)
     layers = layers or parse_layers(cfg.layers, lm.n_layers)
     ex = cfg.extraction
@@ -313,19 +328,26 @@ def trait_diagnostics(trait: str, layer: int | None = None, *, method: str = "me
     return {"layer": float(layer), **ex.diagnostics(layer), **held_out}
 
 
-def run_extract(cfg: ExtractConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None) -> ExtractResult:
-    trait = validate_inputs(cfg)
+def run_extract(cfg: ExtractConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None,
+                command_line: Collection[str] | None = None) -> ExtractResult:
+    """`command_line`: config keys the user set, which the trait's extraction.yaml does not override (None: the
+    keys whose values differ from the schema defaults; see config/trait_overrides.py)."""
+    cfg, trait, trait_settings = prepare(cfg, command_line)
     lm = lm or load_model(cfg.model)
     layers = parse_layers(cfg.layers, lm.n_layers)
     component_dim(lm.model, cfg.component.name)  # fails fast on architectures without this component
     key = job_key(cfg, trait, model_key(lm), layers)
-    tags = {"traitlab.stage": "extract", "trait": trait.qualified_name, "model": lm.name,
+    tags = {"traitlab.stage": "extract", "trait": trait.qualified_name, **model_tags(lm.spec),
             "method": cfg.method.name, "component": cfg.component.name, "position": cfg.position.spec,
             "layers": ",".join(map(str, layers))}
     run_name = cfg.tracking.run_name or f"extract-{trait.name}-{cfg.method.name}-{cfg.component.name}"
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         if run.skipped:
             return ExtractResult(run.run_id, True, trait.qualified_name, layers)
+        if trait_settings:  # the logged config already holds the effective values; this says where they came from
+            run.log_dict(trait_settings, "config/trait_overrides.json")
+            applied = {k: v["value"] for k, v in trait_settings.items() if v["applied"]}
+            log.info("extraction.yaml settings applied: %s", applied or "none (all set on the command line)")
         ex = fit_trait(cfg, lm, trait, layers)
         _log_outputs(run, cfg, trait, lm, ex)
         result = ExtractResult(run.run_id, False, trait.qualified_name, layers, ex.metrics, ex.vectors, ex.selection, ex)

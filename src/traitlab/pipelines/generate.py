@@ -25,6 +25,7 @@ from traitlab.core.proportions import paired_bootstrap
 from traitlab.data.texts import Conversation, TextItem, load_conversations, load_source
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
+from traitlab.models.identity import model_tags
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.monitor.calibration import check_calibration
 from traitlab.monitor.generation import MonitoredGeneration, generate_monitored
@@ -201,7 +202,7 @@ def run_generate(cfg: GenerateConfig, parent_run_id: str | None = None,
     key = content_hash("generate-v1", model_key(lm), texts, settings, vector_keys(monitored),
                        [(v.provenance(), {k: t.tolist() for k, t in v.directions.items()}) for v in setup.vectors])
     steered_traits = sorted({v.trait or v.label for v in setup.vectors})
-    tags = {"traitlab.stage": "generate", "model": lm.name, "trait": ",".join(steered_traits)[:5000],
+    tags = {"traitlab.stage": "generate", **model_tags(cfg.model), "trait": ",".join(steered_traits)[:5000],
             "mode": setup.mode, "coefficient": str(setup.coefficient), "steering": setup.describe()[:5000],
             "monitor": ",".join(sorted({tv.label for tv in monitored}))[:5000], "prompt_set": source,
             "layers": ",".join(str(lyr) for lyr in sorted({lyr for v in setup.vectors for lyr in v.layers})),

@@ -32,6 +32,7 @@ from traitlab.data.texts import RESPONSES_EXPECTED, Source, TextItem, load_respo
 from traitlab.errors import ConfigError
 from traitlab.io import atomic_write_json, content_hash
 from traitlab.models.encoding import pad_id_of
+from traitlab.models.identity import model_tags, vectors_key
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.monitor.calibration import (
     calibration_path,
@@ -151,7 +152,7 @@ class InferResult:
 
 def _tags(
     cfg: InferConfig,
-    model: str,
+    model: dict[str, str],
     source: Source,
     vectors: Sequence[TraitVector],
     layers: Sequence[int],
@@ -160,7 +161,7 @@ def _tags(
     traits = sorted({tv.trait for tv in vectors})
     return {
         "traitlab.stage": "infer",
-        "model": model,
+        **model,
         "mode": mode,
         "prompt_set": source.name,
         "traits": ",".join(traits)[:5000],
@@ -177,8 +178,8 @@ def run_infer(
     if cfg.mode == "reproject":
         return _run_reproject(cfg, source, parent_run_id)
     if cfg.mode != "capture" or "best" in str(cfg.layers).lower():  # these need vectors: check them first
-        traits = resolve_traits(cfg.traits, cfg.model.name, **_tracking(cfg))
-        require_vectors(traits, cfg.model.name, cfg.inference, **_tracking(cfg))
+        traits = resolve_traits(cfg.traits, vectors_key(cfg.model), **_tracking(cfg))
+        require_vectors(traits, vectors_key(cfg.model), cfg.inference, **_tracking(cfg))
     lm = lm or load_model(cfg.model)
     if cfg.mode == "capture":
         return _run_capture(cfg, source, lm, parent_run_id)
@@ -191,7 +192,7 @@ def _tracking(cfg: InferConfig) -> dict[str, Any]:
 
 def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id: str | None) -> InferResult:
     inf = cfg.inference
-    vectors = _select(cfg, lm.name, lm.n_layers, component_dim(lm.model, inf.component))
+    vectors = _select(cfg, vectors_key(cfg.model), lm.n_layers, component_dim(lm.model, inf.component))
     if inf.centered:
         warn_missing_baselines(vectors)
     mkey = model_key(lm)
@@ -200,7 +201,7 @@ def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id
     )
     cal_path = calibration_path(mkey, inf.component)
     all_layers = list(range(lm.n_layers))
-    tags = _tags(cfg, lm.name, source, vectors, [tv.layer for tv in vectors], cfg.mode)
+    tags = _tags(cfg, model_tags(cfg.model), source, vectors, [tv.layer for tv in vectors], cfg.mode)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-{cfg.mode}"
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
         result = _new_result(run, cfg.mode, vectors)
@@ -257,7 +258,7 @@ def _capture_layers(cfg: InferConfig, lm: LoadedModel) -> tuple[list[int], list[
     """Layers to capture: explicit specs need no vectors; `best` specs resolve per trait via MLflow."""
     if "best" not in str(cfg.layers).lower():
         return parse_layers(cfg.layers, lm.n_layers), []
-    vectors = _select(cfg, lm.name, lm.n_layers, component_dim(lm.model, cfg.inference.component))
+    vectors = _select(cfg, vectors_key(cfg.model), lm.n_layers, component_dim(lm.model, cfg.inference.component))
     return sorted({tv.layer for tv in vectors}), vectors
 
 
@@ -268,7 +269,7 @@ def _run_capture(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_i
     mkey = model_key(lm)
     key = content_hash("infer-capture-v1", mkey, source.fingerprint(), asdict(inf.generation), cfg.seed,
                        inf.component, inf.max_length, layers, str(root))
-    tags = _tags(cfg, lm.name, source, vectors, layers, "capture")
+    tags = _tags(cfg, model_tags(cfg.model), source, vectors, layers, "capture")
     tags["capture_dir"] = str(root)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-capture"
     force = cfg.force or not (root / "manifest.json").is_file()  # a deleted capture is redone
@@ -293,6 +294,7 @@ def _run_capture(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_i
             calibration = store_tracker(cal_path, tracker, lm.name, mkey, inf.component)
         manifest = {
             "version": 1, "model": lm.name, "model_key": mkey, "model_spec": asdict(cfg.model),
+            "model_tags": model_tags(cfg.model), "vectors_model": vectors_key(cfg.model),
             "n_layers": lm.n_layers, "hidden_size": component_dim(lm.model, inf.component),
             "component": inf.component, "layers": layers, "source": source.name, "dtype": "float32",
             "items": manifest_items(items, encoded, files, [decode_tokens(lm.tokenizer, e.ids) for e in encoded]),
@@ -314,7 +316,8 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
         raise ConfigError("inference.component",
                           f"the capture at {root} is of {manifest['component']!r}, not {inf.component!r}")
     model = manifest["model"]
-    vectors = _select(cfg, model, int(manifest["n_layers"]), int(manifest["hidden_size"]))
+    vectors_model = manifest.get("vectors_model", model)  # captures from before identity keys: the name
+    vectors = _select(cfg, vectors_model, int(manifest["n_layers"]), int(manifest["hidden_size"]))
     if inf.centered:
         warn_missing_baselines(vectors)
     missing = sorted({tv.layer for tv in vectors} - set(manifest["layers"]))
@@ -329,7 +332,8 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
                               "(same model and inference.massive.*) or mode=capture with inference.calibration=neutral")
     key = content_hash("infer-v1", "reproject", manifest["model_key"], source.fingerprint(), asdict(inf), cfg.seed,
                        vector_keys(vectors), str(root))
-    tags = _tags(cfg, model, source, vectors, [tv.layer for tv in vectors], "reproject")
+    tags = _tags(cfg, manifest.get("model_tags", {"model": model}), source, vectors, [tv.layer for tv in vectors],
+                 "reproject")
     tags["capture_dir"] = str(root)
     run_name = cfg.tracking.run_name or f"infer-{source.name}-reproject"
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:

@@ -12,6 +12,7 @@ from pathlib import Path
 from traitlab.config.serve import SERVE_MODES, ServeConfig
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
+from traitlab.models.identity import model_tags, vectors_key
 from traitlab.pipelines.common import source_vectors
 from traitlab.serving.bundle import SteeringBundle
 from traitlab.serving.register import register_steering_model
@@ -58,7 +59,7 @@ def best_coefficients(cfg: ServeConfig, prov: dict) -> dict[int, float]:
     run, method, component, position); a layer without one is a ConfigError naming `coefficient`."""
     found = {}
     if prov["source"] == "registry":
-        for s in steering_results(prov["trait"], cfg.model.name, experiment=cfg.tracking.experiment,
+        for s in steering_results(prov["trait"], vectors_key(cfg.model), experiment=cfg.tracking.experiment,
                                   uri=cfg.tracking.uri):
             for v in prov["vectors"]:  # a steer run may have used vectors of several extraction runs
                 same = v["run_id"] in str(s["vector_run_id"]).split(",") and (
@@ -102,7 +103,7 @@ def run_serve(cfg: ServeConfig, parent_run_id: str | None = None) -> ServeResult
     key = content_hash("serve-v1", name, {k: v.tolist() for k, v in sorted(vectors.items())}, coefficients,
                        cfg.mode, cfg.cap_threshold, cfg.max_new_tokens, cfg.component.name, vars(cfg.model))
     layers = ",".join(map(str, bundle.layers))
-    tags = {"traitlab.stage": "serve", "trait": trait, "model": cfg.model.name, "component": cfg.component.name,
+    tags = {"traitlab.stage": "serve", "trait": trait, **model_tags(cfg.model), "component": cfg.component.name,
             "layers": layers, "serve.mode": cfg.mode, "serve.registered_model": name}
     with stage_run(cfg, job_key=key, run_name=f"serve-{name}", tags=tags, parent_run_id=parent_run_id) as run:
         if run.skipped:

@@ -38,8 +38,9 @@ from traitlab.data import Example, TraitDataset, load_trait, resolve_trait_dir
 from traitlab.errors import ConfigError, DataError
 from traitlab.io import content_hash, read_json
 from traitlab.models.chat import format_prompt
-from traitlab.models.encoding import encode, length_sorted_batches, pad_id_of, pad_left
+from traitlab.models.encoding import encode, length_sorted_batches, pad_id_of, padded_inputs
 from traitlab.models.generation import HookFactory, generate_texts
+from traitlab.models.identity import VARIANT_HINT, identity_of, model_tags, vectors_key
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.paths import outputs_dir
 from traitlab.pipelines import coef_search as cs
@@ -220,13 +221,14 @@ def judge_identity(jcfg: dict[str, Any], trait: TraitDataset) -> str:
 
 
 def _missing_vectors_error(cfg: SteerConfig, trait: str, what: str) -> ConfigError:
-    have = find_vectors(trait, cfg.model.name, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
+    have = find_vectors(trait, cfg.model, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
     kinds = sorted({(r.method, r.component, r.position) for r in have})
     avail = "; ".join(f"method={m} component={c} position={p!r}" for m, c, p in kinds) or "none"
     return ConfigError("method/component/position",
-                       f"no extracted vectors {what} for trait {trait} on model {cfg.model.name} in experiment "
-                       f"'{cfg.tracking.experiment}' (available: {avail}); run launchers/extract.py "
-                       f"trait={trait} method={cfg.method.name} first, or pick an available one")
+                       f"no extracted vectors {what} for trait {trait} on model {vectors_key(cfg.model)} in "
+                       f"experiment '{cfg.tracking.experiment}' (available: {avail}); run launchers/extract.py "
+                       f"trait={trait} method={cfg.method.name} first, or pick an available one"
+                       f"{VARIANT_HINT if not have else ''}")
 
 
 def validate_inputs(cfg: SteerConfig) -> Prepared:
@@ -250,7 +252,8 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
         raise ConfigError("judge.rubric", f"axbench rewards the concept being present, but {trait.path}/steering.json "
                                           "steers away from the trait (direction negative); use judge.rubric=trait")
     judge = make_judge(jcfg)  # checks keys, prompt files and templates
-    judge.validate()          # key present, server reachable
+    if cfg.mode != "rescore":  # re-scoring reads the judge cache: the judge's server need not be up
+        judge.validate()      # key present, server reachable
     check = getattr(judge, "check_trait_prompt", None) or getattr(getattr(judge, "judge", None),
                                                                   "check_trait_prompt", None)
     if check is not None:
@@ -258,7 +261,7 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
     prep = Prepared(trait, questions, spec.direction, _prompted_system(cfg, trait, spec.direction), jcfg,
                     judge_identity(jcfg, trait))
     if cfg.mode in ("search", "ablation"):
-        prep.refs = find_vectors(trait.qualified_name, cfg.model.name, method=cfg.method.name,
+        prep.refs = find_vectors(trait.qualified_name, cfg.model, method=cfg.method.name,
                                  component=cfg.component.name, position=cfg.position.spec,
                                  experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
         if not prep.refs:
@@ -273,7 +276,7 @@ def resolve_layers(cfg: SteerConfig, prep: Prepared, n_layers: int) -> dict[int,
     by_layer = {r.layer: r for r in prep.refs}
     best = None
     if "best" in str(cfg.layers):
-        ref = best_vector(prep.trait.qualified_name, cfg.model.name, experiment=cfg.tracking.experiment,
+        ref = best_vector(prep.trait.qualified_name, cfg.model, experiment=cfg.tracking.experiment,
                           uri=cfg.tracking.uri, method=cfg.method.name, component=cfg.component.name,
                           position=cfg.position.spec)
         best = ref.layer if ref else None
@@ -304,7 +307,8 @@ def build_judge(jcfg: dict[str, Any], lm: LoadedModel | None) -> Any:
     """The judge; an in-process judge (or perplexity scorer) reuses the loaded model when it is the same one."""
     from traitlab.judge import make_judge
 
-    same = lm is not None and (jcfg["backend"] != "hf_local" or (jcfg.get("model") or "smollm2_135m") == lm.name)
+    same = lm is not None and (jcfg["backend"] != "hf_local"
+                               or identity_of(jcfg.get("model") or "smollm2_135m").key == lm.identity.key)
     return make_judge(jcfg, model=lm if same else None)
 
 
@@ -355,12 +359,11 @@ def activation_norms(lm: LoadedModel, prompt_texts: Sequence[str], layers: Seque
     enc = [encode(lm.tokenizer, t) for t in prompt_texts]
     norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for rows in length_sorted_batches([e.seq_len for e in enc], 16):
-        ids, mask = pad_left([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs = padded_inputs([enc[i] for i in rows], pad_id_of(lm.tokenizer), lm.device)
         cap = MultiLayerCapture(lm.model, layers, component=component, pool="none", stop_after_last=True)
         with cap:
-            lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        real = mask.bool().cpu()
+            lm.model(**inputs, use_cache=False)
+        real = inputs["attention_mask"].bool().cpu()
         for layer in layers:
             norms[layer].append(cap.get(layer).cpu().norm(dim=-1)[real])
     return {layer: float(torch.cat(v).median()) for layer, v in norms.items()}
@@ -413,7 +416,7 @@ def summarize_baselines(rows: Sequence[dict]) -> dict[str, dict[str, float | Non
 
 def study_storage_path(cfg: SteerConfig, trait: TraitDataset) -> Path:
     root = Path(cfg.steering.study.storage_dir) if cfg.steering.study.storage_dir else outputs_dir() / "studies"
-    return root / slug(cfg.model.name) / f"{trait.qualified_name}.db"
+    return root / slug(identity_of(cfg.model).key) / f"{trait.qualified_name}.db"
 
 
 def search_settings(cfg: SteerConfig, prep: Prepared, lm_key: str) -> dict[str, Any]:
@@ -597,14 +600,14 @@ def find_source_run(cfg: SteerConfig, trait: str) -> Any:
     def quoted(v: str) -> str:
         return "'" + v.replace("'", "\\'") + "'"
 
-    q = ["tags.`traitlab.stage` = 'steer'", f"tags.trait = {quoted(trait)}", f"tags.model = {quoted(cfg.model.name)}",
+    q = ["tags.`traitlab.stage` = 'steer'", f"tags.trait = {quoted(trait)}", f"tags.model = {quoted(identity_of(cfg.model).key)}",
          f"tags.method = {quoted(cfg.method.name)}", f"tags.component = {quoted(cfg.component.name)}",
          f"tags.position = {quoted(cfg.position.spec)}", "attributes.status = 'FINISHED'"]
     runs = client.search_runs([exp_id], filter_string=" and ".join(q), order_by=["attributes.start_time DESC"],
                               max_results=50)
     runs = [r for r in runs if r.data.tags.get("traitlab.steer_mode") in ("search", "rescore")]
     if not runs:
-        raise ConfigError("mode", f"rescore found no finished steer run of {trait} on {cfg.model.name} "
+        raise ConfigError("mode", f"rescore found no finished steer run of {trait} on {identity_of(cfg.model)} "
                                   f"(method={cfg.method.name}, component={cfg.component.name}, position="
                                   f"{cfg.position.spec!r}) in experiment '{cfg.tracking.experiment}'; run "
                                   "mode=search first or set rescore_from=<run id>")
@@ -774,10 +777,10 @@ def job_key(cfg: SteerConfig, prep: Prepared, lm_key: str, refs: dict[int, Vecto
                         extra)
 
 
-def _tags(cfg: SteerConfig, prep: Prepared, model: str, refs: dict[int, VectorRef]) -> dict[str, Any]:
+def _tags(cfg: SteerConfig, prep: Prepared, model: dict[str, str], refs: dict[int, VectorRef]) -> dict[str, Any]:
     run_ids = sorted({r.run_id for r in refs.values()})
     return {"traitlab.stage": "steer", "traitlab.steer_mode": cfg.mode, "trait": prep.trait.qualified_name,
-            "model": model, "method": cfg.method.name, "component": cfg.component.name,
+            **model, "method": cfg.method.name, "component": cfg.component.name,
             "position": cfg.position.spec, "traitlab.vector_run_id": ",".join(run_ids),
             "layers": ",".join(map(str, sorted(refs))), "judge": prep.judge_cfg["backend"],
             "sampler": cfg.steering.sampler, "direction": prep.direction}
@@ -803,7 +806,7 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
     res = SteerResult("", False, prep.trait.qualified_name, cfg.mode, sorted(refs), threshold=cfg.steering.threshold,
                       direction=prep.direction)
     with job_run(experiment=cfg.tracking.experiment, job_key=key, run_name=run_name, config=asdict(cfg),
-                 tags=_tags(cfg, prep, lm.name, refs), parent_run_id=parent_run_id, force=cfg.force,
+                 tags=_tags(cfg, prep, model_tags(cfg.model), refs), parent_run_id=parent_run_id, force=cfg.force,
                  uri=cfg.tracking.uri) as run:
         res.run_id = run.run_id
         if run.skipped:
@@ -844,7 +847,8 @@ def _run_rescore(cfg: SteerConfig, prep: Prepared, parent_run_id: str | None, ju
     tags = dict(source.data.tags)
     judge = judge or build_judge(prep.judge_cfg, None)
     key = content_hash("steer-rescore-v1", source.info.run_id, prep.judge_id, cfg.steering.threshold, prep.direction)
-    run_tags = {k: tags[k] for k in ("trait", "model", "method", "component", "position", "traitlab.vector_run_id",
+    run_tags = {k: tags[k] for k in ("trait", "model", "model_name", "vectors_model", "method", "component",
+                                     "position", "traitlab.vector_run_id",
                                      "layers", "sampler", "direction") if k in tags}
     run_tags.update({"traitlab.stage": "steer", "traitlab.steer_mode": "rescore", "judge": prep.judge_cfg["backend"],
                      "traitlab.rescored_from": source.info.run_id})

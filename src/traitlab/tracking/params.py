@@ -7,14 +7,45 @@ from collections.abc import Mapping
 from typing import Any
 
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.IGNORECASE)
+# A key holds a secret when its last name part says so: `hf_token`, `auth_token`, `api_key`, `openai_api_key`,
+# `client_secret`, `password`, `auth_header`. Judged on whole `_`/`-` separated parts, so ordinary settings
+# that merely contain such a word (`max_new_tokens`, `max_tokens`, `tokenizer_name`, `author`) stay visible.
+_SECRET_LAST_PARTS = {"token", "secret", "password", "passwd", "credential", "credentials", "apikey",
+                      "authorization"}
+_SECRET_ANY_PARTS = {"secret", "password", "passwd", "credential", "credentials", "auth"}
+# Tokenizer settings named like `*_token` hold a vocabulary item, not a credential.
+_TOKENIZER_TOKENS = {"pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token",
+                     "add_bos_token", "add_eos_token"}
 _SECRET_ENV = ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ANTHROPIC_API_KEY")
+_REGISTERED_ENV: set[str] = set()
+
+
+def _names_secret(name: str, any_part: bool) -> bool:
+    parts = [p for p in re.split(r"[_\-]", name.lower()) if p]
+    if not parts:
+        return False
+    if parts[-1] in _SECRET_LAST_PARTS or parts[-2:] in (["api", "key"], ["access", "key"]):
+        return True
+    return any_part and any(p in _SECRET_ANY_PARTS for p in parts)
 
 
 def is_secret_key(key: str) -> bool:
-    """`*_key_env` names an environment variable, which is not itself secret."""
-    leaf = key.rsplit(".", 1)[-1]
-    return bool(_SECRET_KEY.search(leaf)) and not leaf.endswith("_env")
+    """Whether a config key's value is a credential. `*_env` names an environment variable, not itself secret."""
+    leaf = key.rsplit(".", 1)[-1].lower()
+    if leaf.endswith("_env") or leaf in _TOKENIZER_TOKENS:
+        return False
+    return _names_secret(leaf, any_part=True)
+
+
+def register_secret_env(name: str | None) -> None:
+    """Treat the value of environment variable `name` as a credential from now on (e.g. judge.api_key_env)."""
+    if name:
+        _REGISTERED_ENV.add(name)
+
+
+def _is_secret_env(name: str) -> bool:
+    # Stricter than config keys: SSH_AUTH_SOCK and the like hold paths, not credentials.
+    return name in _SECRET_ENV or name in _REGISTERED_ENV or _names_secret(name, any_part=False)
 
 
 def redact(obj: Any, prefix: str = "") -> Any:
@@ -41,10 +72,12 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 
 
 def secret_values() -> list[str]:
-    """Values of well-known secret env vars, to scrub from any free text we store."""
+    """Values of credential environment variables (the well-known ones, any whose name says it holds a
+    credential such as `*_TOKEN` or `*_API_KEY`, and those registered by a config), to scrub from free text."""
     import os
 
-    return [v for v in (os.environ.get(k) for k in _SECRET_ENV) if v and len(v) >= 6]
+    return sorted({v for k, v in os.environ.items() if _is_secret_env(k) and v and len(v) >= 6}, key=len,
+                  reverse=True)
 
 
 def scrub(text: str) -> str:

@@ -1,5 +1,9 @@
 """MLflow is the vector registry: find vectors of past runs by trait/model/method/layer, pick the best.
 
+`model` is matched against the runs' `model` tag, a model identity key (models/identity.py). Every function
+here takes that key, or a ModelSpec / LoadedModel (its identity, or `model.vectors_from`'s when set), or a
+model name / Hub id / directory (that model without adapter or quantization).
+
 Best-vector order (as validated in the literature on steering): a coherent steering delta beats an
 out-of-distribution effect size, which beats the in-distribution held-out effect size.
 """
@@ -18,6 +22,7 @@ import torch
 
 from traitlab.core.layers import parse_layers
 from traitlab.errors import ConfigError, DataError
+from traitlab.models.identity import registry_key
 from traitlab.paths import cache_dir
 from traitlab.tracking.artifacts import load_vector, vector_path
 from traitlab.tracking.names import LAYER, layer_metric
@@ -73,7 +78,7 @@ def _extraction_metrics(client: RetryingClient, run_id: str) -> dict[int, dict[s
 
 def find_vectors(
     trait: str,
-    model: str,
+    model: Any,
     *,
     method: str | None = None,
     component: str | None = None,
@@ -83,6 +88,7 @@ def find_vectors(
     uri: str | None = None,
 ) -> list[VectorRef]:
     """All extracted vectors matching the filters (newest run first), with their per-layer metrics."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = ["tags.`traitlab.stage` = 'extract'", f"tags.trait = '{_q(trait)}'", f"tags.model = '{_q(model)}'",
             "attributes.status = 'FINISHED'"]
@@ -108,8 +114,9 @@ def find_vectors(
     return refs
 
 
-def traits_with_vectors(model: str, *, experiment: str = "traitlab", uri: str | None = None) -> list[str]:
+def traits_with_vectors(model: Any, *, experiment: str = "traitlab", uri: str | None = None) -> list[str]:
     """Every trait with at least one finished extraction run for this model, sorted."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = (f"tags.`traitlab.stage` = 'extract' and tags.model = '{_q(model)}' "
             "and attributes.status = 'FINISHED'")
@@ -138,9 +145,10 @@ def fetch_vector(ref: VectorRef, uri: str | None = None, experiment: str = "trai
     return v
 
 
-def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
+def steering_results(trait: str, model: Any, *, experiment: str = "traitlab",
                      uri: str | None = None) -> list[dict[str, float | str | int]]:
     """Per-layer best coherent steering deltas logged by the steering stage."""
+    model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = (f"tags.`traitlab.stage` = 'steer' and tags.trait = '{_q(trait)}' and tags.model = '{_q(model)}' "
             "and attributes.status = 'FINISHED'")
@@ -155,9 +163,10 @@ def steering_results(trait: str, model: str, *, experiment: str = "traitlab",
     return rows
 
 
-def best_vector(trait: str, model: str, *, experiment: str = "traitlab", uri: str | None = None,
+def best_vector(trait: str, model: Any, *, experiment: str = "traitlab", uri: str | None = None,
                 **filters: str) -> VectorRef | None:
     """Walk steering delta (coherent) > OOD effect size > in-distribution effect size."""
+    model = registry_key(model)
     refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
     if not refs:
         return None
@@ -178,18 +187,20 @@ def best_vector(trait: str, model: str, *, experiment: str = "traitlab", uri: st
     return refs[0]
 
 
-def no_vectors_error(trait: str, model: str, experiment: str, filters: dict[str, str],
+def no_vectors_error(trait: str, model: Any, experiment: str, filters: dict[str, str],
                      key: str = "traits") -> ConfigError:
     """The one message for "this trait has no vectors here": what was searched and how to make some."""
+    from traitlab.models.identity import VARIANT_HINT
+
     what = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
     return ConfigError(
         key,
-        f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
-        f"{experiment!r}; extract first: python launchers/extract.py trait={trait}",
+        f"no vectors of trait {trait!r} ({what}) for model {registry_key(model)!r} in experiment "
+        f"{experiment!r}; extract first: python launchers/extract.py trait={trait}{VARIANT_HINT}",
     )
 
 
-def refs_at_layers(trait: str, model: str, layers: Any, n_layers: int, *, experiment: str = "traitlab",
+def refs_at_layers(trait: str, model: Any, layers: Any, n_layers: int, *, experiment: str = "traitlab",
                    uri: str | None = None, **filters: str | None) -> list[tuple[VectorRef, str]]:
     """One vector per layer of the layer spec ``layers`` (``best`` = the best vector's layer), with why.
 
@@ -198,6 +209,7 @@ def refs_at_layers(trait: str, model: str, layers: Any, n_layers: int, *, experi
     "layer"). Layers with no vector are skipped with a warning; none at all is a ConfigError.
     """
     filters = {k: v for k, v in filters.items() if v is not None}
+    model = registry_key(model)
     best = best_vector(trait, model, experiment=experiment, uri=uri, **filters)
     if best is None:
         raise no_vectors_error(trait, model, experiment, filters)
@@ -225,7 +237,7 @@ def refs_at_layers(trait: str, model: str, layers: Any, n_layers: int, *, experi
     return chosen
 
 
-def layer_vectors(trait: str | None, model: str, layers: Any, n_layers: int, *, files: Any = None,
+def layer_vectors(trait: str | None, model: Any, layers: Any, n_layers: int, *, files: Any = None,
                   dim: int | None = None, experiment: str = "traitlab", uri: str | None = None,
                   **filters: str | None) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
     """``({layer: vector}, provenance)`` from vector files when ``files`` is given, else from the registry
@@ -236,6 +248,7 @@ def layer_vectors(trait: str | None, model: str, layers: Any, n_layers: int, *, 
         raise ConfigError("trait", "give a trait (trait=starter/optimism) or vector_file=<file.safetensors>")
     vectors: dict[int, torch.Tensor] = {}
     rows = []
+    model = registry_key(model)
     for ref, why in refs_at_layers(trait, model, layers, n_layers, experiment=experiment, uri=uri, **filters):
         vectors[ref.layer] = fetch_vector(ref, uri=uri, experiment=experiment, expected_dim=dim).float()
         rows.append({"layer": ref.layer, "run_id": ref.run_id, "method": ref.method, "component": ref.component,
