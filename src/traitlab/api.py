@@ -66,27 +66,38 @@ def compose_config(stage: str, overrides: Sequence[str] = (), **kwargs: Any) -> 
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from traitlab.cli import SUBCOMMANDS, bootstrap, conf_path, reject_unknown_keys
+    from traitlab.cli import SUBCOMMANDS, bootstrap, conf_path, quote_dsl_overrides, reject_unknown_keys
 
     if stage not in SUBCOMMANDS:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(SUBCOMMANDS)}")
     bootstrap()
     with initialize_config_dir(config_dir=conf_path(), version_base="1.3", job_name=stage):
-        cfg = compose(config_name=stage, overrides=[*overrides, *overrides_of(kwargs)])
+        # quoted as the launcher quotes them: layers=10 is the DSL string '10' either way, so both compose one job key
+        cfg = compose(config_name=stage, overrides=quote_dsl_overrides([*overrides, *overrides_of(kwargs)]))
     reject_unknown_keys(cfg)
     return OmegaConf.to_object(cfg)
+
+
+def _command_line(overrides: Sequence[str], kwargs: Mapping[str, Any]) -> set[str]:
+    """The config keys these arguments set, as the launcher reads them from the command line (a trait's
+    extraction.yaml fills only the others)."""
+    from traitlab.config.trait_overrides import command_line_keys
+
+    return command_line_keys([*overrides, *overrides_of(kwargs)])
 
 
 def extract(overrides: Sequence[str] = (), *, lm: Any = None, **kwargs: Any) -> Any:
     from traitlab.pipelines.extract import run_extract
 
-    return run_extract(compose_config("extract", overrides, **kwargs), lm=lm)
+    return run_extract(compose_config("extract", overrides, **kwargs), lm=lm,
+                       command_line=_command_line(overrides, kwargs))
 
 
 def steer(overrides: Sequence[str] = (), *, lm: Any = None, judge: Any = None, **kwargs: Any) -> Any:
     from traitlab.pipelines.steer import run_steer
 
-    return run_steer(compose_config("steer", overrides, **kwargs), lm=lm, judge=judge)
+    return run_steer(compose_config("steer", overrides, **kwargs), lm=lm, judge=judge,
+                     command_line=_command_line(overrides, kwargs))
 
 
 def infer(overrides: Sequence[str] = (), *, lm: Any = None, **kwargs: Any) -> Any:

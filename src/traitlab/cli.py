@@ -162,9 +162,12 @@ def _checked(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return run
 
 
-# Keys whose values are written in the position / layer DSLs (core/positions.py, core/layers.py). Their
-# brackets, colons and commas clash with Hydra's override grammar, and bash strips the quotes a person types.
-DSL_KEYS = ("position.spec", "layers", "inference.position")
+# Keys whose values are written in the position / layer DSLs (core/positions.py, core/layers.py), in every
+# stage: position.spec (extract, steer, export, serve), position (generate, chat: a DSL string; elsewhere a
+# group choice, which Hydra takes quoted too), layers, monitor_layers (generate, chat), inference.position.
+# Their brackets, colons and commas clash with Hydra's override grammar, and bash strips the quotes a person
+# types.
+DSL_KEYS = ("position.spec", "position", "layers", "monitor_layers", "inference.position")
 _HYDRA_VALUE = re.compile(r"^(null|\$\{.*|(range|choice|interval|glob|shuffle|sort|tag|extend_list)\(.*)$")
 
 
@@ -182,7 +185,7 @@ def _split_top_level(value: str) -> list[str]:
 
 
 def _quoted(value: str, key: str) -> str:
-    if key == "layers" and value.startswith("[") and value.endswith("]"):
+    if key in ("layers", "monitor_layers") and value.startswith("[") and value.endswith("]"):
         value = value[1:-1]  # layers=[10,12]: one list, in the DSL's own comma form
     return f"'{value}'" if "'" not in value else f'"{value}"'
 

@@ -17,6 +17,7 @@ study's best coefficients (``best_coefficients``, read from the registry) are on
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -35,6 +36,7 @@ MODES = ("add", "add_response", "ablate", "cap")
 CAP_SIDES = ("ceiling", "floor")
 _TENSOR_PREFIX = "layer."
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+_HIDDEN_WIDTH = ("residual", "attn_contribution", "mlp_contribution")  # components as wide as the hidden state
 
 
 @dataclass
@@ -43,7 +45,7 @@ class SteeringVector:
 
     directions: dict[int, Tensor]  # layer -> float32 [D]
     trait: str | None = None
-    model: str | None = None  # the model's display name (registry key today)
+    model: str | None = None  # identity key of the model the vectors were extracted from (models/identity.py)
     model_id: str | None = None  # HF id, local path or embedded:... the vectors were extracted from
     method: str | None = None
     component: str = "residual"
@@ -51,6 +53,7 @@ class SteeringVector:
     source_run: str | None = None  # MLflow run id of the extraction
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # per-layer extraction metrics
     best_coefficients: dict[int, float] = field(default_factory=dict)  # steering study: best coherent coefficient
+    model_name: str | None = None  # that model's display name (model.name)
 
     def __post_init__(self) -> None:
         if not isinstance(self.directions, Mapping) or not self.directions:
@@ -146,7 +149,7 @@ class SteeringVector:
             meta = {k: _parse(v) for k, v in header.items()}
             layer = int(meta["layer"])
             return cls({layer: tensors["vector"]}, trait=meta.get("trait"), model=meta.get("model"),
-                       model_id=meta.get("model_id"), method=meta.get("method"),
+                       model_name=meta.get("model_name"), model_id=meta.get("model_id"), method=meta.get("method"),
                        component=meta.get("component") or "residual", position=meta.get("position"),
                        metrics={layer: meta["metrics"]} if isinstance(meta.get("metrics"), dict) else {})
         raise DataError(path, f"not a steering vector file: expected layer.<N> tensors with format={FORMAT} in "
@@ -158,65 +161,66 @@ class SteeringVector:
     def from_registry(
         cls,
         trait: str | None = None,
-        model: str = "smollm2_135m",
+        model: Any = "smollm2_135m",
         layers: Any = "best",
         *,
         method: str | None = None,
         position: str | None = None,
-        component: str = "residual",
+        component: str | None = None,
         run_id: str | None = None,
         n_layers: int | None = None,
+        dim: int | None = None,
+        trait_path: str | Path | None = None,
         experiment: str = "traitlab",
         uri: str | None = None,
     ) -> SteeringVector:
         """The registered vector of ``trait`` for ``model`` (or of extraction run ``run_id``) at ``layers``.
 
-        ``layers`` is the layer DSL (``best`` = the registry's best vector: coherent steering delta > OOD effect
-        size > held-out effect size; ``best+2``, ``10-14``, lists). Every layer comes from one extraction
-        setting (method, component, position): the best vector's, or the filters given. ``n_layers`` (the
-        model's depth, for ranges like ``30%-60%``) defaults to the known model's, else one past the deepest vector.
+        ``model``: a model name, ModelSpec or identity key (tracking.registry). ``layers`` is the layer DSL
+        (``best`` = the registry's best vector: coherent steering delta > OOD effect size > held-out effect
+        size; ``best+2``, ``10-14``, lists). Every layer comes from one extraction setting: the best vector's
+        among the vectors of the trait's setting. ``method`` / ``position`` / ``component`` left None are the
+        trait's extraction.yaml values (datasets/traits/<trait>, or ``trait_path``), as extract applied them;
+        a component neither names is ``residual``. ``n_layers`` (the model's depth, for ranges like
+        ``30%-60%``) defaults to the known model's, else one past the deepest vector. ``dim``: the model's
+        hidden size, checked against residual-width vectors as they are fetched. ``best_coefficients`` holds
+        the steering study's best coherent coefficient of this very vector per layer (steering_results).
         """
-        from traitlab.core.layers import parse_layers
-        from traitlab.tracking.registry import best_vector, fetch_vector, find_vectors, steering_results
+        from traitlab.config.trait_overrides import lookup_filters
+        from traitlab.tracking.registry import fetch_vector, refs_at_layers
 
         if run_id:
             refs, best = _run_refs(run_id, experiment=experiment, uri=uri)
+            ref0 = next(iter(refs.values()))
+            wanted = _layers_of(layers, n_layers or _depth(model, max(refs) + 1), best)
+            missing = [lyr for lyr in wanted if lyr not in refs]
+            if missing:
+                raise ConfigError("layers", f"{layers!r} selects layers {wanted} (best = {best}) but run {run_id} "
+                                            f"({ref0.trait}, {ref0.method}, {ref0.position}) has vectors at layers "
+                                            f"{sorted(refs)}")
+            chosen = [refs[lyr] for lyr in wanted]
         else:
             if not trait:
                 raise ConfigError("trait", "from_registry needs a trait (e.g. 'starter/optimism') or a run_id")
-            filters = {k: v for k, v in (("method", method), ("position", position), ("component", component))
-                       if v is not None}
-            anchor = best_vector(trait, model, experiment=experiment, uri=uri, **filters)
-            if anchor is None:
-                what = ", ".join(f"{k}={v}" for k, v in filters.items())
-                raise ConfigError("trait", f"no vectors of trait {trait!r} ({what}) for model {model!r} in experiment "
-                                           f"{experiment!r}; extract first: python launchers/extract.py trait={trait}")
-            same = find_vectors(trait, model, method=anchor.method, component=anchor.component,
-                                position=anchor.position, experiment=experiment, uri=uri)
-            refs, best = {r.layer: r for r in same}, anchor.layer
-        ref0 = next(iter(refs.values()))
-        wanted = parse_layers(layers, n_layers or _depth(ref0.model, max(refs) + 1), best=best)
-        missing = [lyr for lyr in wanted if lyr not in refs]
-        if missing:
-            raise ConfigError("layers", f"{layers!r} selects layers {wanted} (best = {best}) but {ref0.trait!r} "
-                                        f"({ref0.method}, {ref0.position}) has vectors at layers {sorted(refs)}")
-        directions = {lyr: fetch_vector(refs[lyr], uri=uri, experiment=experiment) for lyr in wanted}
-        coefficients: dict[int, tuple[float, float]] = {}  # layer -> (best_delta, best_coefficient)
-        for row in steering_results(ref0.trait, ref0.model, experiment=experiment, uri=uri):
-            lyr = int(row["layer"])
-            key = (row["method"], row["component"], row["position"])
-            if lyr in directions and key == (ref0.method, ref0.component, ref0.position) \
-                    and "best_coefficient" in row and float(row["best_delta"]) > coefficients.get(lyr, (-1e300,))[0]:
-                coefficients[lyr] = (float(row["best_delta"]), float(row["best_coefficient"]))
-        runs = sorted({refs[lyr].run_id for lyr in wanted})
-        return cls(directions, trait=ref0.trait, model=ref0.model, model_id=_run_param(runs[0], "model.id", uri,
-                                                                                        experiment),
-                   method=ref0.method, component=ref0.component, position=ref0.position, source_run=",".join(runs),
-                   metrics={lyr: dict(refs[lyr].metrics) for lyr in wanted if refs[lyr].metrics},
-                   best_coefficients={lyr: c for lyr, (_, c) in coefficients.items()})
+            filters = lookup_filters(trait, trait_path, method=method, position=position, component=component)
+            filters["component"] = filters["component"] or "residual"
+            chosen = [ref for ref, _ in refs_at_layers(trait, model, layers, n_layers or _depth(model, None),
+                                                        experiment=experiment, uri=uri, same_setting=True, **filters)]
+        directions = {r.layer: fetch_vector(r, uri=uri, experiment=experiment,
+                                            expected_dim=dim if r.component in _HIDDEN_WIDTH else None).float()
+                      for r in chosen}
+        ref0 = chosen[0]
+        runs = sorted({r.run_id for r in chosen})
+        tags, params = _run_info(runs[0], uri, experiment)
+        return cls(directions, trait=ref0.trait, model=ref0.model, model_name=tags.get("model_name"),
+                   model_id=params.get("model.id"), method=ref0.method, component=ref0.component,
+                   position=ref0.position, source_run=",".join(runs),
+                   metrics={r.layer: dict(r.metrics) for r in chosen if r.metrics},
+                   best_coefficients=best_coefficients(chosen, experiment=experiment, uri=uri))
 
     @classmethod
-    def from_spec(cls, spec: str, model: str = "smollm2_135m", layers: Any = "best", **registry: Any) -> SteeringVector:
+    def from_spec(cls, spec: str, model: Any = "smollm2_135m", layers: Any = "best", **registry: Any
+                  ) -> SteeringVector:
         """A vector named the way the command line names it.
 
         ``starter/optimism`` (a trait: its registered vector at ``layers``), ``run:<id>`` or a bare 32-hex MLflow
@@ -226,20 +230,53 @@ class SteeringVector:
         s = str(spec).strip()
         path = Path(s).expanduser()
         if s.endswith(".safetensors") or path.is_file():
-            if not path.is_file():
-                raise ConfigError("vectors", f"{s!r}: no such vector file")
-            v = cls.load(path)
+            v = cls.from_files([s], dim=registry.get("dim"))
             if str(layers).strip().lower() == "best":
                 return v
-            from traitlab.core.layers import parse_layers
-
-            return v.select(parse_layers(layers, registry.get("n_layers") or max(v.layers) + 1))
+            return v.select(_layers_of(layers, registry.get("n_layers") or max(v.layers) + 1, None))
         run_id = s[4:] if s.startswith("run:") else s if _RUN_ID.fullmatch(s) else None
         if run_id is not None:
             return cls.from_registry(None, model, layers, run_id=run_id, **registry)
         if s.count("/") != 1:
             raise ConfigError("vectors", f"{s!r} is not a trait (category/name), run:<id> or a .safetensors file")
         return cls.from_registry(s, model, layers, **registry)
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | Path], dim: int | None = None) -> SteeringVector:
+        """One vector from files written by ``save`` or extraction runs' per-layer vector files (one layer
+        each, the same component). ``dim``: the model's hidden size, checked for residual-width vectors."""
+        parts = []
+        for p in paths:
+            path = Path(p).expanduser()
+            if not path.is_file():
+                raise ConfigError("vectors", f"{str(p)!r}: no such vector file")
+            v = cls.load(path)
+            if dim is not None and v.component in _HIDDEN_WIDTH and v.dim != dim:
+                raise DataError(path, f"vector has dimension {v.dim} but the model's {v.component} has {dim}")
+            parts.append(v)
+        if not parts:
+            raise ConfigError("vectors", "no vector files given")
+        if len(parts) == 1:
+            return parts[0]
+        directions: dict[int, Tensor] = {}
+        for p, v in zip(paths, parts, strict=True):
+            twice = sorted(set(v.layers) & set(directions))
+            if twice:
+                raise DataError(p, f"a second vector for layers {twice}; give one file per layer")
+            directions.update(v.directions)
+        components = {v.component for v in parts}
+        if len(components) != 1:
+            raise ConfigError("vectors", f"vector files of different components {sorted(components)}")
+
+        def common(name: str) -> Any:
+            values = {json.dumps(getattr(v, name), sort_keys=True) for v in parts}
+            return getattr(parts[0], name) if len(values) == 1 else None
+
+        same = {k: common(k) for k in ("trait", "model", "model_name", "model_id", "method", "position")}
+        return cls(directions, **same, component=components.pop(),
+                   source_run=",".join(sorted({v.source_run for v in parts if v.source_run})) or None,
+                   metrics={k: m for v in parts for k, m in v.metrics.items()},
+                   best_coefficients={k: c for v in parts for k, c in v.best_coefficients.items()})
 
     # -------------------------------------------------------------------------------------- steering
 
@@ -266,7 +303,7 @@ class SteeringVector:
 
 
 def _run_refs(run_id: str, *, experiment: str, uri: str | None) -> tuple[dict[int, Any], int]:
-    """The vectors of one extraction run (a steering run's id leads to the run of the vector it steered)."""
+    """The vectors of one extraction run (a steering run's id leads to the runs of the vectors it steered)."""
     from traitlab.tracking.registry import VectorRef
     from traitlab.tracking.store import ensure_store
 
@@ -277,7 +314,13 @@ def _run_refs(run_id: str, *, experiment: str, uri: str | None) -> tuple[dict[in
         raise ConfigError("run_id", f"no MLflow run {run_id!r} ({str(e).splitlines()[0]})") from None
     tags = run.data.tags
     if tags.get("traitlab.stage") == "steer" and tags.get("traitlab.vector_run_id"):
-        return _run_refs(tags["traitlab.vector_run_id"], experiment=experiment, uri=uri)
+        refs: dict[int, Any] = {}
+        best = None
+        for source in tags["traitlab.vector_run_id"].split(","):  # one per extraction run it used
+            more, b = _run_refs(source, experiment=experiment, uri=uri)
+            refs.update({k: v for k, v in more.items() if k not in refs})
+            best = b if best is None else best
+        return refs, int(best) if best is not None else min(refs)
     if tags.get("traitlab.stage") != "extract" or run.info.status != "FINISHED":
         raise ConfigError("run_id", f"run {run_id!r} is a {tags.get('traitlab.stage', 'non-traitlab')} run "
                                     f"({run.info.status}); expected a finished extraction (or steering) run")
@@ -290,12 +333,13 @@ def _run_refs(run_id: str, *, experiment: str, uri: str | None) -> tuple[dict[in
     return refs, best
 
 
-def _depth(model: str, fallback: int) -> int:
-    """Number of layers of a known model (read from its config, no weights), else ``fallback``."""
-    from traitlab.models.loading import KNOWN_MODELS, model_config
+def _depth(model: Any, fallback: int | None) -> int | None:
+    """Number of layers of ``model`` when it names a known model or is a ModelSpec (read from its config, no
+    weights), else ``fallback``."""
+    from traitlab.models.loading import KNOWN_MODELS, ModelSpec, model_config
 
-    spec = KNOWN_MODELS.get(model)
-    if spec is None:
+    spec = KNOWN_MODELS.get(model) if isinstance(model, str) else getattr(model, "spec", model)
+    if not isinstance(spec, ModelSpec):
         return fallback
     try:
         return int(model_config(spec).num_hidden_layers)
@@ -303,11 +347,47 @@ def _depth(model: str, fallback: int) -> int:
         return fallback
 
 
-def _run_param(run_id: str, key: str, uri: str | None, experiment: str) -> str | None:
+def _layers_of(layers: Any, n_layers: int, best: int | None) -> list[int]:
+    from traitlab.core.layers import LayerSpecError, parse_layers
+
+    try:
+        return parse_layers(layers, n_layers, best=best)
+    except LayerSpecError as e:
+        raise ConfigError("layers", str(e)) from None
+
+
+def _run_info(run_id: str, uri: str | None, experiment: str) -> tuple[dict[str, str], dict[str, str]]:
     from traitlab.tracking.store import ensure_store
 
     client, _ = ensure_store(uri, experiment)
-    return client.get_run(run_id).data.params.get(key)
+    run = client.get_run(run_id)
+    return run.data.tags, run.data.params
+
+
+def best_coefficients(refs: Sequence[Any], *, experiment: str = "traitlab", uri: str | None = None
+                      ) -> dict[int, float]:
+    """Per layer, the steering study's best coherent coefficient of exactly these vectors (``VectorRef`` s:
+    same extraction run, method, component, position and layer), read through the registry's
+    ``steering_results``, the one place steering results are read. When several studies steered the same
+    vector, the one with the largest best delta wins (the order the registry ranks vectors by); a layer no
+    study found a coherent coefficient for has no entry."""
+    from traitlab.tracking.registry import steering_results
+
+    if not refs:
+        return {}
+    found: dict[int, tuple[float, float]] = {}  # layer -> (best_delta, best_coefficient)
+    for row in steering_results(refs[0].trait, refs[0].model, experiment=experiment, uri=uri):
+        for r in refs:  # a steer run lists the extraction runs of its vectors, comma-joined
+            same = r.run_id in str(row.get("vector_run_id", "")).split(",") and (
+                row["method"], row["component"], row["position"], int(row["layer"])) == (
+                r.method, r.component, r.position, r.layer)
+            coef = row.get("best_coefficient")
+            if not same or coef is None or not math.isfinite(float(coef)):
+                continue
+            delta = float(row.get("best_delta", float("-inf")))
+            if r.layer not in found or delta > found[r.layer][0]:
+                found[r.layer] = (delta, float(coef))
+    return {layer: c for layer, (_, c) in sorted(found.items())}
 
 
 # ------------------------------------------------------------------------------------------ composing
@@ -464,11 +544,19 @@ class SteeringSetup:
                         if missing:
                             raise ConfigError("coefficient", f"coefficient=best: {v.label} has no steering result at "
                                                              f"layers {missing}; run launchers/steer.py on them first "
-                                                             "or give a number")
+                                                             "or give coefficient=<number>")
 
     @property
     def additive(self) -> bool:
         return self.mode in ("add", "add_response")
+
+    @property
+    def component(self) -> str:
+        """The component every vector steers (vectors of different components cannot be composed)."""
+        components = {v.component for v in self.vectors}
+        if len(components) != 1:
+            raise ConfigError("component", f"vectors of different components {sorted(components)} cannot be composed")
+        return components.pop()
 
     def coefficients(self) -> list[float | dict[int, float]]:
         """Per vector: weight x coefficient (a {layer: value} mapping for ``best``)."""
@@ -505,4 +593,4 @@ def _parse(value: str) -> Any:
         return value
 
 
-__all__ = ["MODES", "Steering", "SteeringSetup", "SteeringVector", "steer"]
+__all__ = ["MODES", "Steering", "SteeringSetup", "SteeringVector", "best_coefficients", "steer"]

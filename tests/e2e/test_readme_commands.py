@@ -19,14 +19,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from traitlab.cli import DSL_KEYS
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 # Lines that choose a cluster launcher would submit jobs; lines with a|b|c list alternatives or a <placeholder>
 # to fill in are templates, not commands.
 SKIP = re.compile(r"hydra/launcher=|\s\|\s|<[^>]+>")
-# The lines this test is about: DSL values (brackets, colons, commas) and multiruns.
-DSL = re.compile(r"\s(position\.spec|layers|inference\.position)=|\s-m\s")
+# The lines this test is about: DSL values (brackets, colons, commas; the keys the launcher quotes) and multiruns.
+DSL = re.compile(r"\s(" + "|".join(re.escape(k) for k in DSL_KEYS) + r")=|\s-m\s")
 
 
 def readme_commands() -> list[str]:
@@ -68,7 +70,8 @@ def _as_typed(value) -> str:
 
 def test_readme_has_the_dsl_commands() -> None:
     joined = "\n".join(COMMANDS)
-    for needle in ("position.spec='response[:5]'", "layers='10-20'", "layers='best,best+5'", " -m "):
+    for needle in ("position.spec='response[:5]'", "layers='10-20'", "layers='best,best+5'", " -m ",
+                   "monitor_layers=best,best+2"):
         assert needle in joined, needle
     assert any(" -m " in c and "position.spec=" in c for c in COMMANDS), "a multirun over position specs"
 
@@ -112,8 +115,8 @@ def test_readme_command_runs_as_typed(command: str, tmp_path: Path, store_uri: s
             continue  # config group choices (trait=starter/x) select files; the stage tests check their content
         got = {_as_typed(_get(c, key)) for c in configs}
         want = set(_split_sweep(typed)) if multirun else {typed}
-        if key == "layers":  # the documented list form: layers=[10,12] is layers 10 and 12 in one job
-            want = {w[1:-1] if w.startswith("[") and w.endswith("]") else w for w in want}
+        # the list form: layers=[10,12] is layers 10 and 12 in one job, monitor=[a,b] the list [a, b]
+        want = {w[1:-1] if w.startswith("[") and w.endswith("]") else w for w in want}
         assert got == want, (key, got, want)
 
 

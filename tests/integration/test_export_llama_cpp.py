@@ -6,8 +6,10 @@ SmolLM2 GGUF. The steered log-prob margin of held-out optimistic vs pessimistic 
 does under traitlab's own SteeringHook at the same layers and coefficient.
 
 When llama.cpp's CLI is built (scripts/install_llama_cli.sh, same llama.cpp source as the bindings), the
-file also goes through llama.cpp's own command-line loader (`--control-vector-scaled FILE:C`), whose
-greedy answers must be traitlab's hook-steered answers token for token.
+file also goes through llama.cpp's own command-line loader (`--control-vector-scaled FILE:C`): every token
+of its greedy answer must be the hook-steered model's greedy choice or within Q4_1 rounding of it (the CLI
+runs the Q4_1 GGUF, traitlab its de-quantised copy, so exact greedy agreement holds only where the top two
+logits are further apart than that rounding), while the same answer must not fit the unsteered model.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from traitlab.config.schema import ExtractConfig, MethodConfig, TrackingConfig, 
 from traitlab.core.hooks import MultiLayerSteering
 from traitlab.data import load_trait, resolve_trait_dir
 from traitlab.models.chat import format_prompt
-from traitlab.models.control_vector import set_llama_cpp_control_vector
+from traitlab.models.control_vector import read_control_vector, set_llama_cpp_control_vector
 from traitlab.models.encoding import encode
-from traitlab.models.loading import embedded_gguf_path
+from traitlab.models.identity import model_tags
+from traitlab.models.loading import ModelSpec, embedded_gguf_path
 from traitlab.pipelines.export import run_export
 from traitlab.pipelines.extract import run_extract
 from traitlab.tracking.registry import fetch_vector, find_vectors
@@ -46,6 +49,10 @@ TRAIT = "starter/optimism"
 LAYERS = [9, 10, 11]
 COEF = 8.0  # ~8% of the residual norm at these layers (about 100)
 N_PAIRS = 8
+# Logits: the Q4_1 GGUF (llama.cpp) and its de-quantised f32 copy (traitlab) differ by up to this much. Measured
+# on the CLI test's prompt, relative logits (minus the best) of each step's five best candidates: median 0.08,
+# 95th percentile 0.37, max 0.77. A greedy step whose top two are closer than this may go either way.
+TIE = 1.0
 
 
 # ------------------------------------------------------------------ llama.cpp's own GGUF reader (C API)
@@ -158,6 +165,22 @@ def llama_logits(llm, ids: list[int]) -> torch.Tensor:
     return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
 
 
+def llama_margin(llm, pos, neg) -> float:
+    """Mean log-prob of the optimistic minus the pessimistic answer; the shared prompt is evaluated once
+    (its KV state reused for both answers: the same logits bit for bit, a third less evaluation)."""
+    assert pos.ids[: pos.prompt_len] == neg.ids[: neg.prompt_len]
+    llm.reset()
+    llm.eval(pos.ids[: pos.prompt_len])
+    prompt = llm.save_state()
+    out = []
+    for enc in (pos, neg):
+        llm.load_state(prompt)
+        llm.eval(enc.ids[enc.prompt_len:])
+        out.append(_mean_logprob(torch.from_numpy(np.array(llm.scores[: len(enc.ids)], dtype=np.float32)),
+                                 enc.ids, enc.prompt_len))
+    return out[0] - out[1]
+
+
 def apply_file_as_llama_cpp_does(llm, data: dict[int, np.ndarray], strength: float,
                                  layer_range: tuple[int, int] | None = None) -> None:
     """common_control_vector_load_one + common_init's apply: layer k's data at [(k-1)*n_embd, k*n_embd)."""
@@ -189,14 +212,19 @@ def test_llama_cpp_parses_the_exported_file(exported):
     for k in LAYERS:  # scale 1: the registry's vector, bit for bit
         assert np.array_equal(data[k], registry[k].numpy())
     assert res.layers == LAYERS and res.run_id
+    _, meta = read_control_vector(res.path)  # the model by identity key and by display name, as run tags name it
+    assert meta["traitlab.model"] == model_tags(ModelSpec())["model"] and meta["traitlab.model_name"] == "smollm2_135m"
 
 
 def test_control_vector_moves_the_margin_like_the_traitlab_hook(exported, llama, probes, smollm2):
+    """Towards the trait (c = +8) only: the opposite sign goes through the same file, loader layout and scale,
+    which the CLI test below also checks at c = -8 (measured here once: shift -0.169 [-0.213, -0.129] vs the
+    hook's -0.168, per-pair r 0.98, n = 8), so a second sign doubled the time without new evidence."""
     res, registry = exported
     _, data, _ = read_with_llama_cpp(res.path)
     vectors = {k: registry[k] for k in LAYERS}
     rows = {}
-    for c in (0.0, COEF, -COEF):
+    for c in (0.0, COEF):
         if c:
             apply_file_as_llama_cpp_does(llama, data, c)
         else:
@@ -205,12 +233,11 @@ def test_control_vector_moves_the_margin_like_the_traitlab_hook(exported, llama,
         for pos, neg in probes:
             hf.append(_mean_logprob(hf_logits(smollm2, pos.ids, c, vectors), pos.ids, pos.prompt_len)
                       - _mean_logprob(hf_logits(smollm2, neg.ids, c, vectors), neg.ids, neg.prompt_len))
-            lc.append(_mean_logprob(llama_logits(llama, pos.ids), pos.ids, pos.prompt_len)
-                      - _mean_logprob(llama_logits(llama, neg.ids), neg.ids, neg.prompt_len))
+            lc.append(llama_margin(llama, pos, neg))
         rows[c] = (np.array(hf), np.array(lc))
     set_llama_cpp_control_vector(llama, None)
     report = []
-    for c in (COEF, -COEF):
+    for c in (COEF,):
         shift_hf, shift_lc = rows[c][0] - rows[0.0][0], rows[c][1] - rows[0.0][1]
         lo, hi = _bootstrap_ci(shift_lc)
         report.append(f"c={c:+g}: llama.cpp shift {shift_lc.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] vs traitlab hook "
@@ -247,38 +274,6 @@ def test_direction_k_steers_traitlab_layer_k(exported, llama, probes, smollm2):
     assert corr[10] > 0.9 and corr[10] > max(corr[9], corr[11]) + 0.05, corr
 
 
-def test_greedy_answers_turn_optimistic_in_llama_cpp(exported, llama, smollm2):
-    res, registry = exported
-    _, data, _ = read_with_llama_cpp(res.path)
-    text = format_prompt(smollm2.tokenizer, "How do you think my job interview tomorrow will go?", None, True)
-    ids = encode(smollm2.tokenizer, text).ids
-    eos = smollm2.tokenizer.eos_token_id
-
-    def greedy() -> str:
-        llama.reset()
-        out = []
-        llama.eval(ids)
-        for _ in range(24):
-            nxt = int(np.argmax(llama.scores[llama.n_tokens - 1]))
-            if nxt == eos:
-                break
-            out.append(nxt)
-            llama.eval([nxt])
-        return smollm2.tokenizer.decode(out, skip_special_tokens=True)
-
-    set_llama_cpp_control_vector(llama, None)
-    plain = greedy()
-    apply_file_as_llama_cpp_does(llama, data, COEF)
-    steered = greedy()
-    set_llama_cpp_control_vector(llama, None)
-    hook = MultiLayerSteering(smollm2.model, [(k, registry[k], COEF) for k in LAYERS])
-    with hook, torch.no_grad():
-        out = smollm2.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)
-    hf = smollm2.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-    print(f"\nllama.cpp unsteered: {plain!r}\nllama.cpp c={COEF:g}: {steered!r}\ntraitlab hook c={COEF:g}: {hf!r}")
-    assert steered != plain
-
-
 def llama_completion() -> str | None:
     """$TRAITLAB_LLAMA_COMPLETION, else the binary scripts/install_llama_cli.sh caches, if it was built."""
     if os.environ.get("TRAITLAB_LLAMA_COMPLETION"):
@@ -290,39 +285,48 @@ def llama_completion() -> str | None:
     return str(path) if path.is_file() else None
 
 
+def forced_deficits(lm, ids: list[int], answer: str, layers: dict[int, torch.Tensor], c: float) -> list[float]:
+    """``answer`` teacher-forced through traitlab's hook-steered model: per token, its logit minus the step's
+    best logit (0: the model's own greedy choice)."""
+    answer_ids = lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert lm.tokenizer.decode(answer_ids) == answer, "the CLI's text must re-encode to the same tokens"
+    logits = hf_logits(lm, ids + answer_ids, c, layers)[len(ids) - 1: -1]
+    return (logits.gather(1, torch.tensor(answer_ids)[:, None])[:, 0] - logits.max(-1).values).tolist()
+
+
 @pytest.mark.skipif(llama_completion() is None, reason="llama.cpp's CLI is not built: scripts/install_llama_cli.sh")
 def test_llama_cli_with_the_file_answers_like_the_traitlab_hook(exported, smollm2):
     """llama.cpp's own loader (--control-vector-scaled FILE:C, common_control_vector_load) on the embedded
-    GGUF gives traitlab's hook-steered greedy answer, token for token over the first 16 tokens."""
+    GGUF: each token of its greedy answer is the hook-steered model's greedy choice up to Q4_1 rounding (TIE),
+    and at c = +-8 that answer does not fit the unsteered model; direction.10 alone steers traitlab's layer 10,
+    not 9 or 11."""
     res, registry = exported
     text = format_prompt(smollm2.tokenizer, "How do you think my job interview tomorrow will go?", None, True)
     ids = encode(smollm2.tokenizer, text).ids
-    n = 16
 
     def cli(*extra: str) -> str:
         proc = subprocess.run([llama_completion(), "-m", str(embedded_gguf_path()), "-p", text,
-                               "-n", str(n), "--temp", "0", "-no-cnv", "-t", "1", "--no-warmup", "--seed", "0",
+                               "-n", "16", "--temp", "0", "-no-cnv", "-t", "1", "--no-warmup", "--seed", "0",
                                "--no-display-prompt", *extra], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout.strip()
 
-    def hook(c: float, layers: dict[int, torch.Tensor]) -> str:
-        ctx = MultiLayerSteering(smollm2.model, [(k, v, c) for k, v in layers.items()]) if c else nullcontext()
-        with ctx, torch.no_grad():
-            out = smollm2.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
-                                         pad_token_id=smollm2.tokenizer.eos_token_id)
-        return smollm2.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
-
     vectors = {k: registry[k] for k in LAYERS}
-    answers = {c: (cli(*(["--control-vector-scaled", f"{res.path}:{c:g}"] if c else [])), hook(c, vectors))
-               for c in (0.0, COEF, -COEF)}
-    print("\n" + "\n".join(f"c={c:+g}: llama-completion {a!r} | traitlab hook {b!r}" for c, (a, b) in answers.items()))
-    assert all(a == b for a, b in answers.values())
-    assert len({a for a, _ in answers.values()}) == 3  # the coefficient changed llama.cpp's answer
-    # Layer numbering: direction.10 alone, strong enough that steering block 9, 10 or 11 gives three different
-    # answers; llama.cpp's is the one of traitlab's layer 10.
-    single = cli("--control-vector-scaled", f"{res.path}:{3 * COEF:g}", "--control-vector-layer-range", "10", "10")
-    by_layer = {k: hook(3 * COEF, {k: registry[10]}) for k in LAYERS}
-    print(f"direction.10 x{3 * COEF:g}: llama-completion {single!r}; hook at 9/10/11 {by_layer}")
-    assert len(set(by_layer.values())) == 3
-    assert single == by_layer[10]
+    answers = {c: cli(*(["--control-vector-scaled", f"{res.path}:{c:g}"] if c else [])) for c in (0.0, COEF, -COEF)}
+    report = []
+    for c, answer in answers.items():
+        steered = forced_deficits(smollm2, ids, answer, vectors, c)
+        plain = forced_deficits(smollm2, ids, answer, {}, 0.0)
+        report.append(f"c={c:+g}: {answer!r}: greedy choice of the hook model at {sum(d == 0 for d in steered)}/"
+                      f"{len(steered)} tokens, worst {min(steered):+.2f} (unsteered model: worst {min(plain):+.2f})")
+        assert min(steered) > -TIE, report[-1]
+        if c:
+            assert min(plain) < -TIE, report[-1]  # the control vector, not chance, made this answer
+    assert len(set(answers.values())) == 3, report  # the coefficient changed llama.cpp's answer
+    # Layer numbering: direction.10 alone, strong enough that steering block 9, 10 or 11 differ clearly.
+    c = 8 * COEF
+    single = cli("--control-vector-scaled", f"{res.path}:{c:g}", "--control-vector-layer-range", "10", "10")
+    worst = {k: min(forced_deficits(smollm2, ids, single, {k: registry[10]}, c)) for k in LAYERS}
+    report.append(f"direction.10 x{c:g}: {single!r}; worst token vs the hook at layer 9/10/11: {worst}")
+    print("\n" + "\n".join(report))
+    assert worst[10] > -TIE and worst[9] < -TIE and worst[11] < -TIE, report[-1]

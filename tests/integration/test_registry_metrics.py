@@ -7,7 +7,7 @@ import math
 from traitlab.tracking.registry import find_vectors
 from traitlab.tracking.store import ensure_store
 
-TAGS = {"traitlab.stage": "extract", "trait": "cat/t", "model": "m", "component": "residual",
+TAGS = {"traitlab.stage": "extract", "trait": "cat/t", "model": "m@rev:main", "component": "residual",
         "position": "response[:]", "layers": "10,12"}
 
 
@@ -26,7 +26,7 @@ def test_find_vectors_reads_layer_metrics_and_leaves_undefined_ones_out(mlflow_s
                                        "layer/cv_effect_size": {10: 2.5, 12: 3.0},
                                        "layer/baseline": {10: -0.5, 12: 0.75}})
     _run(client, exp_id, "probe", {"val_effect_size": {10: 0.5, 12: 0.25}})  # logged before the rename
-    refs = {(r.method, r.layer): r.metrics for r in find_vectors("cat/t", "m", experiment="reg", uri=mlflow_store)}
+    refs = {(r.method, r.layer): r.metrics for r in find_vectors("cat/t", "m@rev:main", experiment="reg", uri=mlflow_store)}
     assert refs[("mean_diff", 10)] == {"val_effect_size": 1.25, "cv_effect_size": 2.5, "baseline": -0.5}
     assert refs[("mean_diff", 12)] == {"cv_effect_size": 3.0, "baseline": 0.75}  # NaN: absent, never ranked
     assert refs[("probe", 12)] == {"val_effect_size": 0.25}

@@ -5,6 +5,7 @@ same text traitlab's own SteeringHook gives (and the unsteered text when a reque
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -16,9 +17,11 @@ from traitlab.config.schema import ExtractConfig, MethodConfig, TrackingConfig, 
 from traitlab.config.serve import ServeConfig
 from traitlab.core.hooks import SteeringHook
 from traitlab.errors import ConfigError
-from traitlab.pipelines.common import source_vectors
+from traitlab.models.identity import model_tags
+from traitlab.models.loading import ModelSpec
+from traitlab.pipelines.common import source_vector
 from traitlab.pipelines.extract import run_extract
-from traitlab.pipelines.serve import best_coefficients, run_serve
+from traitlab.pipelines.serve import run_serve, serve_coefficients
 from traitlab.tracking.registry import fetch_vector, find_vectors
 
 pytestmark = pytest.mark.slow
@@ -85,18 +88,31 @@ def test_registered_steering_model_answers_steered_chat_requests(smollm2, mlflow
     assert reply_text(steered) == local_reply(smollm2, 8.0, vector)
     assert reply_text(steered) != reply_text(unsteered)
 
-    # coefficient=null: the steering stage's best coherent coefficient of this very vector
+    # coefficient=null (or best): the steering study's best coherent coefficient of this very vector, read as
+    # generate and chat read it (SteeringVector.best_coefficients, from the registry's steering_results)
     cfg = ServeConfig(trait=TraitConfig(name=TRAIT), method=MethodConfig(name="mean_diff"), layers="9-10",
                       tracking=tracking)
-    _, prov, _ = source_vectors(cfg)
-    with pytest.raises(ConfigError, match=r"config coefficient: no steering result .* layers \[9, 10\]"):
-        best_coefficients(cfg, prov)
+    vector, _ = source_vector(cfg)
+    assert torch.equal(vector[10], res_vector(res, local))  # serve registered what the shared lookup picks
+    with pytest.raises(ConfigError, match=r"config coefficient: coefficient=best: .* no steering result at layers "
+                                          r"\[9, 10\].*coefficient=<number>"):
+        serve_coefficients(cfg, vector)
     steer_run = client.create_run(client.get_experiment_by_name(EXP).experiment_id, tags={
-        "traitlab.stage": "steer", "trait": TRAIT, "model": "smollm2_135m", "method": "mean_diff",
+        "traitlab.stage": "steer", "trait": TRAIT, **model_tags(ModelSpec()), "method": "mean_diff",
         "component": "residual", "position": "response[:]",
-        "traitlab.vector_run_id": f"other,{prov['vectors'][0]['run_id']}"})
+        "traitlab.vector_run_id": f"other,{vector.source_run}"})
     for layer, coef in ((9, 6.5), (10, 11.0)):
         for key, value in (("best_delta", 3.0), ("best_coherence", 80.0), ("best_coefficient", coef)):
             client.log_metric(steer_run.info.run_id, key, value, step=layer)
     client.set_terminated(steer_run.info.run_id)
-    assert best_coefficients(cfg, prov) == {9: 6.5, 10: 11.0}
+    vector, _ = source_vector(cfg)
+    assert serve_coefficients(cfg, vector) == {9: 6.5, 10: 11.0}
+    assert serve_coefficients(replace(cfg, coefficient="best"), vector) == {9: 6.5, 10: 11.0}
+    assert serve_coefficients(replace(cfg, coefficient=2), vector) == {9: 2.0, 10: 2.0}
+
+
+def res_vector(res, local: Path) -> torch.Tensor:
+    """The layer-10 vector inside the registered model's steering bundle."""
+    from traitlab.serving.bundle import read_bundle
+
+    return read_bundle(local / "artifacts" / "steering").vectors[10]

@@ -12,6 +12,8 @@ from traitlab.errors import ConfigError
 from traitlab.judge import JudgeScore
 from traitlab.models.chat import format_prompt
 from traitlab.models.generation import generate_texts
+from traitlab.models.identity import model_tags
+from traitlab.models.loading import ModelSpec
 from traitlab.pipelines import steer
 from traitlab.pipelines.extract import run_extract
 from traitlab.steering_vector import SteeringVector
@@ -57,8 +59,8 @@ def test_from_registry_best_layer_and_provenance(store):
     best = best_vector(TRAIT, "smollm2_135m", experiment=EXP)
     assert v.layers == [best.layer] and best.layer in (10, 12)
     assert torch.equal(v[best.layer], fetch_vector(best, experiment=EXP).float())
-    assert (v.trait, v.model, v.method, v.component, v.position) == (
-        TRAIT, "smollm2_135m", "mean_diff", "residual", "response[:]")
+    assert (v.trait, v.model, v.model_name, v.method, v.component, v.position) == (
+        TRAIT, model_tags(ModelSpec())["model"], "smollm2_135m", "mean_diff", "residual", "response[:]")
     assert v.model_id == "embedded:smollm2-135m-instruct" and v.source_run == store["extract_run"]
     assert "val_effect_size" in v.metrics[best.layer]
 

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from traitlab.api import compose_config, overrides_of
-from traitlab.cli import bootstrap, conf_path
+from traitlab.cli import bootstrap, conf_path, quote_dsl_overrides
 from traitlab.errors import ConfigError
 
 
@@ -43,3 +43,19 @@ def test_typos_fail_like_on_the_command_line():
         compose_config("generate", coeficient=3)
     with pytest.raises(ConfigError, match="unknown key"):
         compose_config("generate", ["+cap.quantil=0.5"])
+
+
+@pytest.mark.parametrize("stage, kwargs, typed", [
+    ("generate", {"vectors": "starter/optimism", "layers": 10}, ["vectors=starter/optimism", "layers=10"]),
+    ("generate", {"vectors": "starter/optimism", "layers": 10, "monitor_layers": 12},
+     ["vectors=starter/optimism", "layers=10", "monitor_layers=12"]),
+])
+def test_numbers_for_dsl_keys_compose_like_the_launcher(stage, kwargs, typed):
+    """The launcher quotes DSL values (`layers=10` is the string '10'); a Python int must land the same, or the
+    two compose different job keys and the notebook never finds the command line's run."""
+    bootstrap()
+    with initialize_config_dir(config_dir=conf_path(), version_base="1.3"):
+        want = OmegaConf.to_object(compose(config_name=stage, overrides=quote_dsl_overrides(typed)))
+    got = compose_config(stage, **kwargs)
+    assert got == want
+    assert got.layers == "10"

@@ -114,6 +114,12 @@ def test_dsl_overrides_parse_in_hydra_as_typed_in_bash() -> None:
     assert multi == {"position.spec": ["response[:5]", "prompt[-1]"], "layers": ["10,12"],
                      "method": ["probe", "mean_diff"]}
     assert values(["-m", "layers=10-20,30%-60%"]) == {"layers": ["10-20", "30%-60%"]}
+    # the use stages' DSL keys: generate / chat take `position=` as a DSL string and `monitor_layers=` as layers
+    use = values(["monitor_layers=best,best+2", "position=response[:5]", "layers=[10,12]"])
+    assert use == {"monitor_layers": ["best,best+2"], "position": ["response[:5]"], "layers": ["10,12"]}
+    assert values(["-m", "monitor_layers=10,best", "position=response[:5],prompt[-1]"]) == {
+        "monitor_layers": ["10", "best"], "position": ["response[:5]", "prompt[-1]"]}
+    assert values(["position=prompt_last"]) == {"position": ["prompt_last"]}  # a group choice (extract) stays one
     # already quoted (a list argv from Python, or quotes a person escaped), null and sweep functions pass as given
     assert quote_dsl_overrides(["layers='10,12'", "layers=null", "-m", "layers=range(1,3)"]) == [
         "layers='10,12'", "layers=null", "-m", "layers=range(1,3)"]

@@ -154,11 +154,25 @@ def test_ablate_and_cap(tiny_llama):
 
 
 def test_bad_mode_and_width_fail_before_any_hook(tiny_llama):
+    # Any earlier call with output_hidden_states=True (test_hooks does it on this session-wide model) makes
+    # transformers install its own, permanent, output-capturing hooks on every decoder layer: make that
+    # happen here so this test sees the same model whatever ran before it.
+    with torch.no_grad():
+        tiny_llama(input_ids=_ids(), output_hidden_states=True)
+    hooks = _hook_snapshot(tiny_llama)
+    before = _layer_out(tiny_llama, 1, _ids())
     with pytest.raises(ConfigError, match="not one of"):
         SteeringVector({1: _vec(1)}).apply(tiny_llama, 1.0, mode="multiply")
     with pytest.raises(TraitlabError, match="dims"):
         SteeringVector({1: torch.ones(D + 1)}).apply(tiny_llama, 1.0)
-    assert not get_module(tiny_llama, 1)._forward_hooks  # nothing left registered
+    assert _hook_snapshot(tiny_llama) == hooks  # nothing of ours left registered
+    torch.testing.assert_close(_layer_out(tiny_llama, 1, _ids()), before, atol=0, rtol=0)
+
+
+def _hook_snapshot(model) -> dict[str, tuple]:
+    """Every module's registered hook ids (transformers' own capturing hooks included)."""
+    return {name: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks), tuple(m._forward_hooks_with_kwargs))
+            for name, m in model.named_modules()}
 
 
 def test_select_keeps_provenance():

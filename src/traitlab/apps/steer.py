@@ -5,13 +5,17 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from traitlab.config.steer import SteerConfig
+from traitlab.config.trait_overrides import command_line_keys
 from traitlab.pipelines.steer import run_steer
 from traitlab.tracking.callbacks import parent_run_id_from_hydra
 
 
 def task(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
     typed: SteerConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    res = run_steer(typed, parent_run_id=parent_run_id_from_hydra())
+    explicit = command_line_keys(HydraConfig.get().overrides.task) if HydraConfig.initialized() else set()
+    res = run_steer(typed, parent_run_id=parent_run_id_from_hydra(), command_line=explicit)
     print(f"MLflow run: {res.run_id}{' (already done: skipped)' if res.skipped else ''}")
     if res.skipped:
         return float("nan")

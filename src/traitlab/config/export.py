@@ -1,7 +1,8 @@
 """Structured configs of `traitlab export` (conf/export.yaml) and the vector source it shares with serve.
 
-Vectors come from the MLflow registry (`trait=`, `layers=` with `best`, optional `method=` / `position=`)
-or from safetensors vector files (`vector_file=`), as every stage that uses vectors takes them.
+Vectors come from the MLflow registry (`trait=`, `layers=` with `best`, optional `method=` / `position=` /
+`component=`) or from safetensors vector files (`vector_file=`), resolved into one SteeringVector as every
+stage that uses vectors resolves them (pipelines.common.source_vector).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ class VectorSourceConfig:
     trait: TraitConfig = field(default_factory=TraitConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     layers: Any = "best"  # layer DSL: best, best+2, 8-12, 30%-60%, 'best,best+1'
-    method: MethodConfig | None = None  # method=mean_diff: only its vectors (null: the best vector's, then any)
-    position: PositionConfig | None = None  # position=response_all: only vectors pooled there (null: any)
-    component: ComponentConfig = field(default_factory=ComponentConfig)
+    # Registry filters; null: the trait's extraction.yaml setting, else any (component: else residual).
+    method: MethodConfig | None = None  # method=mean_diff: only its vectors
+    position: PositionConfig | None = None  # position=response_all / position.spec=...: only vectors pooled there
+    component: ComponentConfig | None = None
     vector_file: Any = None  # a safetensors vector file or a list of them, instead of the registry
     force: bool = False
 

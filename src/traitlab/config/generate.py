@@ -29,9 +29,9 @@ class UseConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     vectors: Any = "starter/optimism"  # trait | run:<id> | file.safetensors; several: [a,b] (or the string 'a,b')
     layers: Any = "best"  # layer DSL for registry vectors (best = the registry's best vector)
-    method: str | None = None  # registry filters (null: the best vector's)
+    method: str | None = None  # registry filters (null: the trait's extraction setting, else the best vector's)
     position: str | None = None
-    component: str = "residual"
+    component: str | None = None  # null: the trait's extraction setting, else residual
     weights: Any = None  # one weight per vector (null: 1 each); the delta is sum_i weight_i * coef_i * v_i
     coefficient: Any = 8.0  # a number, or best: each layer's best coherent coefficient from the steering study
     mode: str = "add"  # add | add_response | ablate | cap

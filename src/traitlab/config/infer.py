@@ -36,8 +36,8 @@ class InferenceConfig:
     calibration: str = "passive"
     massive: MassiveConfig = field(default_factory=MassiveConfig)
     component: str = "residual"  # vectors of this component are projected
-    method: str | None = None  # only vectors of this method (null: the best one's)
-    position: str | None = None  # only vectors extracted at this position (null: any)
+    method: str | None = None  # only vectors of this method (null: the trait's extraction setting, else any)
+    position: str | None = None  # only vectors extracted here (null: the trait's extraction setting, else any)
     batch_size: int = 8  # prefill batch (length-sorted, halves on OOM)
     max_length: int = 1024
     max_prompts: int | None = None  # first N prompts of the set (null: all)

@@ -4,6 +4,7 @@ MLflow model that `mlflow models serve` answers chat requests with."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from traitlab.config.export import VectorSourceConfig
 
@@ -12,7 +13,7 @@ SERVE_MODES = ("add", "add_response", "ablate", "cap")
 
 @dataclass
 class ServeConfig(VectorSourceConfig):
-    coefficient: float | None = None  # null: the steering stage's best coherent coefficient at the layer
+    coefficient: Any = None  # a number, or best (null too): the steering study's best coherent coefficient per layer
     mode: str = "add"  # add | add_response (response tokens only) | ablate | cap
     cap_threshold: float | None = None  # mode=cap: floor of the projection on the unit vector (raw units)
     name: str | None = None  # registered model name (null: traitlab-<trait>)

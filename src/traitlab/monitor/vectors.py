@@ -85,21 +85,22 @@ def resolve_traits(traits: Any, model: str, experiment: str, uri: str | None) ->
     return found
 
 
-def vector_filters(inf: InferenceConfig) -> dict[str, str]:
-    filters = {"component": inf.component}
-    if inf.method:
-        filters["method"] = inf.method
-    if inf.position:
-        filters["position"] = inf.position
-    return filters
+def vector_filters(inf: InferenceConfig, trait: str) -> dict[str, str]:
+    """The registry filters for one trait's vectors: the configured method / position / component, and where
+    the config leaves one unset (null), the trait's own extraction setting (its extraction.yaml)."""
+    from traitlab.config.trait_overrides import lookup_filters
+
+    given = lookup_filters(trait, method=inf.method or None, position=inf.position or None,
+                           component=inf.component or None)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def require_vectors(
     traits: Sequence[str], model: str, inf: InferenceConfig, *, experiment: str, uri: str | None, key: str = "traits"
 ) -> None:
     """Fail before the model loads when a trait has no vectors at all (the common first-run mistake)."""
-    filters = vector_filters(inf)
     for trait in traits:
+        filters = vector_filters(inf, trait)
         if not find_vectors(trait, model, experiment=experiment, uri=uri, **filters):
             raise no_vectors_error(trait, model, experiment, filters, key=key)
 
@@ -120,7 +121,7 @@ def select_vectors(
     chosen: list[TraitVector] = []
     for trait in traits:
         for ref, why in refs_at_layers(trait, model, layers, n_layers, experiment=experiment, uri=uri,
-                                       **vector_filters(inf)):
+                                       **vector_filters(inf, trait)):
             v = fetch_vector(ref, uri=uri, experiment=experiment, expected_dim=dim).float()
             base = ref.metrics.get("baseline")
             baseline = (

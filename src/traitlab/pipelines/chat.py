@@ -21,7 +21,7 @@ from traitlab.config.generate import ChatConfig
 from traitlab.data.texts import TextItem
 from traitlab.errors import ConfigError, TraitlabError
 from traitlab.io import content_hash
-from traitlab.models.identity import model_tags, vectors_key
+from traitlab.models.identity import model_tags
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.monitor.generation import MonitoredGeneration, generate_monitored
 from traitlab.monitor.records import build_record
@@ -32,9 +32,11 @@ from traitlab.pipelines.common import (
     check_monitored,
     conversation_text,
     model_key,
+    monitor_component,
     monitored_vectors,
     set_cap_thresholds,
     steering_setup,
+    use_vector,
 )
 from traitlab.steering_vector import MODES, SteeringSetup, SteeringVector
 from traitlab.tracking.runs import job_run
@@ -95,7 +97,8 @@ class ChatSession:
 
         gen = self.cfg.generation
         steering = (lambda start: self.setup.apply(self.lm, start=start)) if self.enabled else None
-        out = generate_monitored(self.lm, [prompt], stacked, component=self.cfg.component, steering=steering,
+        out = generate_monitored(self.lm, [prompt], stacked, component=monitor_component(self.cfg, self.setup),
+                                 steering=steering,
                                  max_new_tokens=gen.max_new_tokens, seed=self.cfg.seed, do_sample=gen.do_sample,
                                  temperature=gen.temperature, top_p=gen.top_p,
                                  on_token=on_token if self.cfg.show_scores else None)[0]
@@ -168,9 +171,7 @@ class ChatSession:
             w = float(weight) if weight.strip() else 1.0
         except ValueError:
             raise ConfigError("weights", f"{weight!r} is not a number") from None
-        v = SteeringVector.from_spec(spec, vectors_key(self.cfg.model), self.cfg.layers, method=self.cfg.method,
-                                     position=self.cfg.position, component=self.cfg.component, **self._tracking())
-        return v, w
+        return use_vector(self.cfg, spec), w
 
     def _cmd_vector(self, arg: str) -> None:
         v, w = self._spec(arg)

@@ -26,7 +26,7 @@ from traitlab.models.identity import vectors_key
 from traitlab.models.loading import LoadedModel, model_config, validate_spec
 from traitlab.models.segments import thinking_chars
 from traitlab.paths import cache_dir
-from traitlab.tracking.registry import layer_vectors
+from traitlab.steering_vector import SteeringVector
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +114,26 @@ def pooled_activations(
     return acts
 
 
-def source_vectors(cfg: VectorSourceConfig) -> tuple[dict[int, torch.Tensor], dict[str, Any], Any]:
-    """The configured vectors, their provenance and the model's (text) config, before any weights load."""
+def source_vector(cfg: VectorSourceConfig) -> tuple[SteeringVector, Any]:
+    """Export's and serve's vector (from the registry, or ``vector_file``) and the model's (text) config, before
+    any weights load. Registry lookups go through SteeringVector.from_registry like every stage's: unnamed
+    method / position / component are the trait's extraction settings."""
     validate_spec(cfg.model)
     conf = model_config(cfg.model)
-    trait = None if cfg.vector_file else load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path)).qualified_name
-    component = cfg.component.name
-    dim = conf.hidden_size if component == "residual" else None
-    vectors, prov = layer_vectors(trait, vectors_key(cfg.model), cfg.layers, conf.num_hidden_layers, files=cfg.vector_file,
-                                  dim=dim, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri,
-                                  method=cfg.method.name if cfg.method else None,
-                                  position=cfg.position.spec if cfg.position else None, component=component)
-    wrong = sorted({r["component"] for r in prov["vectors"] if r.get("component", component) != component})
-    if wrong:
-        raise ConfigError("vector_file", f"vectors of component {wrong} but component={component}")
-    prov.update(model_id=cfg.model.id, component=component)
-    return vectors, prov, conf
+    component = cfg.component.name if cfg.component else None
+    if cfg.vector_file:
+        files = [cfg.vector_file] if isinstance(cfg.vector_file, str | Path) else list(cfg.vector_file)
+        v = SteeringVector.from_files(files, dim=conf.hidden_size)
+        if component is not None and v.component != component:
+            raise ConfigError("vector_file", f"vectors of component {v.component} but component={component}")
+        return v, conf
+    trait = load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path)).qualified_name
+    v = SteeringVector.from_registry(trait, vectors_key(cfg.model), cfg.layers, method=cfg.method.name if cfg.method
+                                     else None, position=cfg.position.spec if cfg.position else None,
+                                     component=component, n_layers=conf.num_hidden_layers, dim=conf.hidden_size,
+                                     trait_path=cfg.trait.path, experiment=cfg.tracking.experiment,
+                                     uri=cfg.tracking.uri)
+    return v, conf
 
 
 def fill_responses(
@@ -211,7 +215,7 @@ def steering_setup(cfg: Any) -> Any:
     model loads (registry lookups, files, coefficient=best needs a steering result for every steered layer)."""
     from traitlab.errors import ConfigError
     from traitlab.monitor.vectors import trait_list
-    from traitlab.steering_vector import SteeringSetup, SteeringVector
+    from traitlab.steering_vector import SteeringSetup
 
     specs = trait_list(cfg.vectors, key="vectors")
     if not specs:
@@ -223,10 +227,17 @@ def steering_setup(cfg: Any) -> Any:
         raise ConfigError("weights", f"{cfg.weights!r}: expected numbers, e.g. '1,0.5'") from None
     if not 0 < cfg.cap.quantile < 1:
         raise ConfigError("cap.quantile", f"{cfg.cap.quantile} must be in (0, 1)")
-    registry = {"method": cfg.method, "position": cfg.position, "component": cfg.component,
-                "experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
-    vectors = [SteeringVector.from_spec(s, vectors_key(cfg.model), cfg.layers, **registry) for s in specs]
+    vectors = [use_vector(cfg, s) for s in specs]
     return SteeringSetup(vectors, weights, cfg.coefficient, cfg.mode, cap=cfg.cap.side)
+
+
+def use_vector(cfg: Any, spec: str) -> SteeringVector:
+    """One vector named as generate / chat name them (trait, run:<id>, file), with their registry keys."""
+    conf = model_config(cfg.model)
+    return SteeringVector.from_spec(spec, vectors_key(cfg.model), cfg.layers, method=cfg.method,
+                                    position=cfg.position, component=cfg.component,
+                                    n_layers=conf.num_hidden_layers, dim=conf.hidden_size,
+                                    experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
 
 
 def set_cap_thresholds(lm: LoadedModel, setup: Any, quantile: float, *, experiment: str, uri: str | None) -> None:
@@ -238,10 +249,15 @@ def set_cap_thresholds(lm: LoadedModel, setup: Any, quantile: float, *, experime
                         for v in setup.vectors]
 
 
-def _monitor_filters(cfg: Any) -> Any:
+def monitor_component(cfg: Any, setup: Any) -> str:
+    """Where the monitored traits are scored: ``component`` when given, else the component being steered."""
+    return cfg.component or setup.component
+
+
+def _monitor_filters(component: str | None) -> Any:
     from types import SimpleNamespace
 
-    return SimpleNamespace(component=cfg.component, method=None, position=None)
+    return SimpleNamespace(component=component, method=None, position=None)
 
 
 def check_monitored(cfg: Any) -> None:
@@ -250,32 +266,36 @@ def check_monitored(cfg: Any) -> None:
 
     named = trait_list(cfg.monitor, key="monitor")
     if named:
-        require_vectors(named, vectors_key(cfg.model), _monitor_filters(cfg), experiment=cfg.tracking.experiment,
-                        uri=cfg.tracking.uri, key="monitor")
+        require_vectors(named, vectors_key(cfg.model), _monitor_filters(cfg.component),
+                        experiment=cfg.tracking.experiment, uri=cfg.tracking.uri, key="monitor")
 
 
 def monitored_vectors(cfg: Any, setup: Any, lm: LoadedModel) -> list[Any]:
-    """The (trait, layer) vectors watched per token: ``monitor`` traits (default: the steered ones) from the
-    registry at ``monitor_layers``; a steered vector whose trait has no registered vectors is watched itself."""
+    """The (trait, layer) vectors watched per token, in the steered component: ``monitor`` traits (default: the
+    steered ones) from the registry at ``monitor_layers``; a steered vector whose trait has no registered
+    vectors is watched itself."""
     from traitlab.core.components import component_dim
-    from traitlab.monitor.vectors import TraitVector, select_vectors, trait_list
+    from traitlab.monitor.vectors import TraitVector, select_vectors, trait_list, vector_filters
     from traitlab.tracking.registry import VectorRef, find_vectors
 
     tracking = {"experiment": cfg.tracking.experiment, "uri": cfg.tracking.uri}
+    component = monitor_component(cfg, setup)
+    filters = _monitor_filters(component)
     named = trait_list(cfg.monitor, key="monitor")
     if named is not None:
         check_monitored(cfg)
         registered, own = list(dict.fromkeys(named)), []
     else:
         steered = list(dict.fromkeys(v.trait for v in setup.vectors if v.trait))
-        registered = [t for t in steered if find_vectors(t, vectors_key(lm.spec), component=cfg.component, **tracking)]
+        registered = [t for t in steered
+                      if find_vectors(t, vectors_key(lm.spec), **vector_filters(filters, t), **tracking)]
         own = [v for v in setup.vectors if v.trait not in registered]
-    chosen = select_vectors(registered, vectors_key(lm.spec), cfg.monitor_layers, lm.n_layers, _monitor_filters(cfg),
-                            dim=component_dim(lm.model, cfg.component), **tracking) if registered else []
+    chosen = select_vectors(registered, vectors_key(lm.spec), cfg.monitor_layers, lm.n_layers, filters,
+                            dim=component_dim(lm.model, component), **tracking) if registered else []
     for v in own:
         for layer in v.layers:
-            ref = VectorRef(v.source_run or "file", v.trait or "vector", vectors_key(lm.spec), v.method or "", v.component,
-                            v.position or "", layer)
+            ref = VectorRef(v.source_run or "file", v.trait or "vector", vectors_key(lm.spec), v.method or "",
+                            v.component, v.position or "", layer)
             chosen.append(TraitVector(v.trait or "vector", layer, ref, v[layer], float("nan"), "steered vector"))
     return chosen
 

@@ -38,6 +38,7 @@ from traitlab.pipelines.common import (
     clean_for_scoring,
     conversation_text,
     model_key,
+    monitor_component,
     monitored_vectors,
     set_cap_thresholds,
     steering_setup,
@@ -206,7 +207,7 @@ def run_generate(cfg: GenerateConfig, parent_run_id: str | None = None,
             "mode": setup.mode, "coefficient": str(setup.coefficient), "steering": setup.describe()[:5000],
             "monitor": ",".join(sorted({tv.label for tv in monitored}))[:5000], "prompt_set": source,
             "layers": ",".join(str(lyr) for lyr in sorted({lyr for v in setup.vectors for lyr in v.layers})),
-            "component": cfg.component, "score_mode": cfg.score_mode,
+            "component": setup.component, "score_mode": cfg.score_mode,
             "vector_runs": ",".join(sorted({v.source_run or "file" for v in setup.vectors}))[:5000]}
     run_name = cfg.tracking.run_name or f"generate-{steered_traits[0].split('/')[-1]}-{setup.mode}"
     with stage_run(cfg, job_key=key, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
@@ -219,8 +220,9 @@ def run_generate(cfg: GenerateConfig, parent_run_id: str | None = None,
                           component=cfg.component, massive=cfg.massive, batch_size=cfg.generation.batch_size)
         stacked, _ = vectors_by_layer(monitored)
         gen = asdict(cfg.generation)
-        plain = generate_monitored(lm, texts, stacked, component=cfg.component, seed=cfg.seed, **gen)
-        steered = generate_monitored(lm, texts, stacked, component=cfg.component, seed=cfg.seed,
+        component = monitor_component(cfg, setup)
+        plain = generate_monitored(lm, texts, stacked, component=component, seed=cfg.seed, **gen)
+        steered = generate_monitored(lm, texts, stacked, component=component, seed=cfg.seed,
                                      steering=lambda start: setup.apply(lm, start=start), **gen)
         result.records = {"unsteered": _records(lm, convs, plain, monitored, cfg, "unsteered", source),
                           "steered": _records(lm, convs, steered, monitored, cfg, "steered", source)}

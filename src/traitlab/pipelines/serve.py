@@ -12,12 +12,12 @@ from pathlib import Path
 from traitlab.config.serve import SERVE_MODES, ServeConfig
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
-from traitlab.models.identity import model_tags, vectors_key
-from traitlab.pipelines.common import source_vectors
+from traitlab.models.identity import model_tags
+from traitlab.pipelines.common import source_vector
 from traitlab.serving.bundle import SteeringBundle
 from traitlab.serving.register import register_steering_model
+from traitlab.steering_vector import SteeringSetup, SteeringVector
 from traitlab.tracking.artifacts import slug
-from traitlab.tracking.registry import steering_results
 from traitlab.tracking.runs import stage_run
 from traitlab.tracking.store import tracking_uri
 
@@ -54,24 +54,16 @@ class ServeResult:
                   dict(os.environ, MLFLOW_TRACKING_URI=self.uri, PATH=path))
 
 
-def best_coefficients(cfg: ServeConfig, prov: dict) -> dict[int, float]:
-    """Per layer, the steering stage's best coherent coefficient for this very vector (same extraction
-    run, method, component, position); a layer without one is a ConfigError naming `coefficient`."""
-    found = {}
-    if prov["source"] == "registry":
-        for s in steering_results(prov["trait"], vectors_key(cfg.model), experiment=cfg.tracking.experiment,
-                                  uri=cfg.tracking.uri):
-            for v in prov["vectors"]:  # a steer run may have used vectors of several extraction runs
-                same = v["run_id"] in str(s["vector_run_id"]).split(",") and (
-                    s["method"], s["component"], s["position"], s["layer"]) == (
-                    v["method"], v["component"], v["position"], v["layer"])
-                if same and "best_coefficient" in s:
-                    found[v["layer"]] = float(s["best_coefficient"])
-    missing = [lyr for lyr in prov["layers"] if lyr not in found]
-    if missing:
-        raise ConfigError("coefficient", f"no steering result gives a best coherent coefficient for layers "
-                                         f"{missing}; run launchers/steer.py on them or give coefficient=<number>")
-    return found
+def serve_coefficients(cfg: ServeConfig, vector: SteeringVector) -> dict[int, float]:
+    """Per layer, the coefficient to register: ``coefficient`` (a number), or null / best: the steering study's
+    best coherent coefficient of this very vector (``vector.best_coefficients``, as generate and chat read
+    it). Ablate and cap take none (0)."""
+    if cfg.mode not in ("add", "add_response"):
+        return dict.fromkeys(vector.layers, 0.0)
+    best = cfg.coefficient is None or str(cfg.coefficient).strip().lower() == "best"
+    setup = SteeringSetup([vector], coefficient="best" if best else cfg.coefficient, mode=cfg.mode)
+    (coefficients,) = setup.coefficients()
+    return coefficients if isinstance(coefficients, dict) else dict.fromkeys(vector.layers, float(coefficients))
 
 
 def _existing_version(uri: str, name: str, run_id: str) -> str:
@@ -88,22 +80,19 @@ def _existing_version(uri: str, name: str, run_id: str) -> str:
 def run_serve(cfg: ServeConfig, parent_run_id: str | None = None) -> ServeResult:
     if cfg.mode not in SERVE_MODES:
         raise ConfigError("mode", f"'{cfg.mode}' is not one of {', '.join(SERVE_MODES)}")
-    vectors, prov, _ = source_vectors(cfg)
-    if cfg.coefficient is not None:
-        coefficients = dict.fromkeys(vectors, float(cfg.coefficient))
-    elif cfg.mode in ("add", "add_response"):
-        coefficients = best_coefficients(cfg, prov)
-    else:
-        coefficients = dict.fromkeys(vectors, 0.0)  # ablate and cap take no coefficient
-    bundle = SteeringBundle(cfg.model, vectors, coefficients, component=cfg.component.name, mode=cfg.mode,
-                            cap_threshold=cfg.cap_threshold, max_new_tokens=cfg.max_new_tokens, provenance=prov)
-    trait = prov.get("trait") or "vectors"
+    vector, _ = source_vector(cfg)
+    coefficients = serve_coefficients(cfg, vector)
+    bundle = SteeringBundle(cfg.model, dict(vector.directions), coefficients, component=vector.component,
+                            mode=cfg.mode, cap_threshold=cfg.cap_threshold, max_new_tokens=cfg.max_new_tokens,
+                            provenance=vector.provenance())
+    trait = vector.trait or "vectors"
     name = cfg.name or f"traitlab-{slug(trait.split('/')[-1].split(',')[0])}"
     uri = tracking_uri(cfg.tracking.uri)
-    key = content_hash("serve-v1", name, {k: v.tolist() for k, v in sorted(vectors.items())}, coefficients,
-                       cfg.mode, cfg.cap_threshold, cfg.max_new_tokens, cfg.component.name, vars(cfg.model))
+    key = content_hash("serve-v1", name, {k: v.tolist() for k, v in sorted(bundle.vectors.items())}, coefficients,
+                       cfg.mode, cfg.cap_threshold, cfg.max_new_tokens, bundle.component, vars(cfg.model))
     layers = ",".join(map(str, bundle.layers))
-    tags = {"traitlab.stage": "serve", "trait": trait, **model_tags(cfg.model), "component": cfg.component.name,
+    names = model_tags(cfg.model)
+    tags = {"traitlab.stage": "serve", "trait": trait, **names, "component": bundle.component,
             "layers": layers, "serve.mode": cfg.mode, "serve.registered_model": name}
     with stage_run(cfg, job_key=key, run_name=f"serve-{name}", tags=tags, parent_run_id=parent_run_id) as run:
         if run.skipped:
@@ -111,7 +100,7 @@ def run_serve(cfg: ServeConfig, parent_run_id: str | None = None) -> ServeResult
         else:
             version = register_steering_model(
                 bundle, name=name, run_id=run.run_id, uri=uri,
-                tags={"trait": trait, "model": cfg.model.name, "model_id": cfg.model.id, "layers": layers,
+                tags={"trait": trait, **names, "model_id": cfg.model.id, "layers": layers,
                       "coefficients": ",".join(f"{k}:{v:g}" for k, v in sorted(coefficients.items())),
                       "mode": cfg.mode})
             log.info("registered %s version %s (run %s)", name, version, run.run_id)

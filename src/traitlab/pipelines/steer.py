@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ import torch
 from traitlab import faults
 from traitlab.config.schema import GenerationConfig
 from traitlab.config.steer import MODES, SAMPLERS, JudgeConfig, SteerConfig
+from traitlab.config.trait_overrides import apply_lookup_settings
 from traitlab.core.components import COMPONENTS, component_dim
 from traitlab.core.hooks import AblationHook, MultiLayerCapture, PerSampleSteering
 from traitlab.core.layers import LayerSpecError, parse_layers
@@ -787,7 +788,10 @@ def _tags(cfg: SteerConfig, prep: Prepared, model: dict[str, str], refs: dict[in
 
 
 def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None,
-              judge: Any = None) -> SteerResult:
+              judge: Any = None, command_line: Collection[str] | None = None) -> SteerResult:
+    """`command_line`: config keys the user set; the trait's extraction method / position / component fill the
+    others (None: a Python caller, whose non-default values count as set), so its vectors are found."""
+    cfg = apply_lookup_settings(cfg, command_line)
     prep = validate_inputs(cfg)
     if cfg.mode == "rescore":
         return _run_rescore(cfg, prep, parent_run_id, judge)

@@ -200,13 +200,17 @@ def no_vectors_error(trait: str, model: Any, experiment: str, filters: dict[str,
     )
 
 
-def refs_at_layers(trait: str, model: Any, layers: Any, n_layers: int, *, experiment: str = "traitlab",
-                   uri: str | None = None, **filters: str | None) -> list[tuple[VectorRef, str]]:
+def refs_at_layers(trait: str, model: Any, layers: Any, n_layers: int | None, *, experiment: str = "traitlab",
+                   uri: str | None = None, same_setting: bool = False,
+                   **filters: str | None) -> list[tuple[VectorRef, str]]:
     """One vector per layer of the layer spec ``layers`` (``best`` = the best vector's layer), with why.
 
-    At the best layer the best vector is taken (why = its source); at other layers the vector of the best
-    vector's method/position is preferred, else the one with the highest held-out effect size (why =
-    "layer"). Layers with no vector are skipped with a warning; none at all is a ConfigError.
+    At the best layer the best vector is taken (why = its source). At other layers: with ``same_setting``
+    only a vector of the best vector's method / component / position (one vector object has one
+    provenance), and a layer without one is a ConfigError; otherwise that setting is preferred, else the
+    vector with the highest held-out effect size (why = "layer"), and layers with no vector are skipped with
+    a warning (none at all is a ConfigError). ``n_layers`` (the model's depth, for ranges like ``30%-60%``)
+    None: one past the deepest vector found.
     """
     filters = {k: v for k, v in filters.items() if v is not None}
     model = registry_key(model)
@@ -214,7 +218,10 @@ def refs_at_layers(trait: str, model: Any, layers: Any, n_layers: int, *, experi
     if best is None:
         raise no_vectors_error(trait, model, experiment, filters)
     refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
-    wanted = parse_layers(layers, n_layers, best=best.layer)
+    setting = (best.method, best.component, best.position)
+    if same_setting:
+        refs = [r for r in refs if (r.method, r.component, r.position) == setting]
+    wanted = parse_layers(layers, n_layers or max(r.layer for r in refs) + 1, best=best.layer)
     chosen: list[tuple[VectorRef, str]] = []
     missing = []
     for layer in wanted:
@@ -222,7 +229,7 @@ def refs_at_layers(trait: str, model: Any, layers: Any, n_layers: int, *, experi
             chosen.append((best, best.source))
             continue
         here = [r for r in refs if r.layer == layer]
-        same = [r for r in here if (r.method, r.position) == (best.method, best.position)]
+        same = [r for r in here if (r.method, r.component, r.position) == setting]
         here.sort(key=lambda r: -r.metrics.get("val_effect_size", float("-inf")))
         if same or here:
             chosen.append(((same or here)[0], "layer"))
@@ -230,47 +237,9 @@ def refs_at_layers(trait: str, model: Any, layers: Any, n_layers: int, *, experi
             missing.append(layer)
     if missing:
         have = sorted({r.layer for r in refs})
-        if len(missing) == len(wanted):
-            raise ConfigError("layers", f"{layers!r} selects layers {wanted} for trait {trait!r} (best = "
-                                        f"{best.layer}) but its vectors are at layers {have}")
+        what = f"{trait!r} ({best.method}, {best.component}, {best.position})" if same_setting else repr(trait)
+        if same_setting or len(missing) == len(wanted):
+            raise ConfigError("layers", f"{layers!r} selects layers {wanted} (best = {best.layer}) but {what} has "
+                                        f"vectors at layers {have}")
         log.warning("%s: no vector at layers %s (vectors at %s): skipped", trait, missing, have)
     return chosen
-
-
-def layer_vectors(trait: str | None, model: Any, layers: Any, n_layers: int, *, files: Any = None,
-                  dim: int | None = None, experiment: str = "traitlab", uri: str | None = None,
-                  **filters: str | None) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
-    """``({layer: vector}, provenance)`` from vector files when ``files`` is given, else from the registry
-    (``refs_at_layers``). Every vector is float32 and, with ``dim``, checked to have that width."""
-    if files:
-        return _file_vectors([files] if isinstance(files, str | Path) else list(files), dim)
-    if trait is None:
-        raise ConfigError("trait", "give a trait (trait=starter/optimism) or vector_file=<file.safetensors>")
-    vectors: dict[int, torch.Tensor] = {}
-    rows = []
-    model = registry_key(model)
-    for ref, why in refs_at_layers(trait, model, layers, n_layers, experiment=experiment, uri=uri, **filters):
-        vectors[ref.layer] = fetch_vector(ref, uri=uri, experiment=experiment, expected_dim=dim).float()
-        rows.append({"layer": ref.layer, "run_id": ref.run_id, "method": ref.method, "component": ref.component,
-                     "position": ref.position, "selection": why})
-    return vectors, {"source": "registry", "trait": trait, "model": model, "layers": sorted(vectors),
-                     "vectors": rows}
-
-
-def _file_vectors(paths: list[Any], dim: int | None) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
-    vectors: dict[int, torch.Tensor] = {}
-    rows = []
-    for p in paths:
-        v, meta = load_vector(Path(str(p)).expanduser(), dim)
-        if "layer" not in meta:
-            raise DataError(p, "no 'layer' in the file's metadata; expected a traitlab vector file "
-                               "(vectors/<component>/<position>/<method>/layer_NNN.safetensors)")
-        layer = int(meta["layer"])
-        if layer in vectors:
-            raise DataError(p, f"a second vector for layer {layer}; give one file per layer")
-        vectors[layer] = v.float()
-        rows.append({"layer": layer, "file": str(p), **{k: meta[k] for k in ("trait", "model", "method",
-                                                                             "component", "position")
-                                                         if k in meta}})
-    traits = sorted({r["trait"] for r in rows if "trait" in r})
-    return vectors, {"source": "files", "trait": ",".join(traits), "layers": sorted(vectors), "vectors": rows}
