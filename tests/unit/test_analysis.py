@@ -242,3 +242,27 @@ def test_clause_rows_name_the_set_and_the_text():
     assert rows[0]["unit"] == "clause" and (rows[0]["start"], rows[0]["stop"]) == (2, 7)
     means = {r["source"]: (r["mean"], r["n_responses"], r["n_tokens"]) for r in source_rows([rec, other])}
     assert means == {"smoke": (pytest.approx(13.0 / 10), 1, 10), "starter": (pytest.approx(0.5), 1, 3)}
+
+
+def test_several_prompt_sets_get_the_responses_each_set_gets_alone(tiny_gpt2, char_tokenizer, tmp_path, monkeypatch):
+    """A fresh pass over prompt_set=[a,b] generates each set as a run on that set alone would (same batches, same
+    seeded samples, same cache entries), so its records match the sets' own inference runs."""
+    from traitlab.config.analyze import AnalyzeConfig
+    from traitlab.config.infer import InferenceConfig
+    from traitlab.config.schema import GenerationConfig
+    from traitlab.data.texts import Source, TextItem
+    from traitlab.models.loading import LoadedModel, ModelSpec
+    from traitlab.pipelines.analyze import Context
+    from traitlab.pipelines.common import fill_responses
+
+    monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path))
+    lm = LoadedModel(tiny_gpt2, char_tokenizer, ModelSpec(name="tiny-gpt2", id="tiny-gpt2"), False)
+    gen = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, batch_size=8)
+    cfg = AnalyzeConfig(inference=InferenceConfig(generation=gen), seed=3)
+    sources = [Source(name, [TextItem(f"{name}{i}", p, None) for i, p in enumerate(prompts)], False)
+               for name, prompts in (("a", ["hi there", "why?"]), ("b", ["tell me more, please", "ok"]))]
+    items, names = Context(cfg, None, [], lm, sources).items(lm)
+    alone = [it for src in sources for it in fill_responses(lm, src.items, cfg.inference, cfg.seed)]
+    assert names == ["a", "a", "b", "b"] and [it.id for it in items] == ["a0", "a1", "b0", "b1"]
+    assert [it.response for it in items] == [it.response for it in alone]
+    assert len(list((tmp_path / "responses").glob("*.json"))) == 2  # one cache entry per set, shared

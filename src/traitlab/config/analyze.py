@@ -7,6 +7,7 @@ from typing import Any
 
 from traitlab.config.infer import InferenceConfig
 from traitlab.config.schema import TrackingConfig
+from traitlab.errors import ConfigError
 from traitlab.models.loading import ModelSpec
 
 ANALYSES = ("geometry", "logit_lens", "correlation", "response_correlation", "dynamics", "top_spans", "model_diff",
@@ -29,6 +30,15 @@ class AnalysisConfig:
     # (null: fresh pass over prompt_set)
     source_run: Any = None
     max_figures: int = 8  # dynamics: trajectory figures for the first N prompts; response_correlation: scatters
+
+    def check(self) -> None:
+        """The analysis name and its knobs, before anything loads."""
+        if self.name not in ANALYSES:
+            raise ConfigError("analysis", f"{self.name!r} is not one of {', '.join(ANALYSES)}")
+        if min(self.window, self.top_n, self.top_k, self.min_tokens) < 1 or self.max_lag < 0:
+            raise ConfigError("analysis", f"window/top_n/top_k/min_tokens must be >= 1 and max_lag >= 0, got {self}")
+        if self.unit not in SPAN_UNITS:
+            raise ConfigError("analysis.unit", f"{self.unit!r} is not one of {', '.join(SPAN_UNITS)}")
 
 
 @dataclass

@@ -215,12 +215,12 @@ def run_generate(cfg: GenerateConfig, parent_run_id: str | None = None,
         if run.skipped:
             return result
         set_cap_thresholds(lm, setup, cfg.cap.quantile, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
+        component = monitor_component(cfg, setup)  # the calibration covers the component the scores come from
         clean_for_scoring(run, lm, monitored, [TextItem(c.id, c.prompt, c.system_prompt) for c in convs],
                           calibration=cfg.calibration, clean=cfg.clean_massive, centered=False,
-                          component=cfg.component, massive=cfg.massive, batch_size=cfg.generation.batch_size)
+                          component=component, massive=cfg.massive, batch_size=cfg.generation.batch_size)
         stacked, _ = vectors_by_layer(monitored)
         gen = asdict(cfg.generation)
-        component = monitor_component(cfg, setup)
         plain = generate_monitored(lm, texts, stacked, component=component, seed=cfg.seed, **gen)
         steered = generate_monitored(lm, texts, stacked, component=component, seed=cfg.seed,
                                      steering=lambda start: setup.apply(lm, start=start), **gen)
