@@ -36,7 +36,7 @@ def _setup():
 
 def run() -> dict:
     from traitlab.config.schema import GenerationConfig
-    from traitlab.pipelines.steer import generate_steered
+    from traitlab.models.steering import generate_steered
 
     lm, texts, v = _setup()
     gen = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS, batch_size=K * N_QUESTIONS)

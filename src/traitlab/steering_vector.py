@@ -381,10 +381,10 @@ def best_coefficients(refs: Sequence[Any], *, experiment: str = "traitlab", uri:
             same = r.run_id in str(row.get("vector_run_id", "")).split(",") and (
                 row["method"], row["component"], row["position"], int(row["layer"])) == (
                 r.method, r.component, r.position, r.layer)
-            coef = row.get("best_coefficient")
+            coef = row.get("coefficient")
             if not same or coef is None or not math.isfinite(float(coef)):
                 continue
-            delta = float(row.get("best_delta", float("-inf")))
+            delta = float(row.get("delta", float("-inf")))
             if r.layer not in found or delta > found[r.layer][0]:
                 found[r.layer] = (delta, float(coef))
     return {layer: c for layer, (_, c) in sorted(found.items())}

@@ -100,9 +100,10 @@ def test_registered_steering_model_answers_steered_chat_requests(smollm2, mlflow
     steer_run = client.create_run(client.get_experiment_by_name(EXP).experiment_id, tags={
         "traitlab.stage": "steer", "trait": TRAIT, **model_tags(ModelSpec()), "method": "mean_diff",
         "component": "residual", "position": "response[:]",
-        "traitlab.vector_run_id": f"other,{vector.source_run}"})
+        "traitlab.vector_run_id": f"other,{vector.source_run}",
+        "traitlab.vector_runs": f"8:other,9:{vector.source_run},10:{vector.source_run}"})
     for layer, coef in ((9, 6.5), (10, 11.0)):
-        for key, value in (("best_delta", 3.0), ("best_coherence", 80.0), ("best_coefficient", coef)):
+        for key, value in (("layer/objective_delta", 3.0), ("layer/coherence", 80.0), ("layer/coefficient", coef)):
             client.log_metric(steer_run.info.run_id, key, value, step=layer)
     client.set_terminated(steer_run.info.run_id)
     vector, _ = source_vector(cfg)

@@ -1,5 +1,5 @@
 """The steer stage's config and the pure parts of its pipeline (no model): Hydra composition, validation,
-the prompted baseline's system prompt, and re-scoring's per-layer selection rule."""
+the prompted baseline's system prompt, re-scoring's per-layer selection rule and the summary table."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from traitlab.config.steer import SteerConfig
+from traitlab.core.stats import Interval
 from traitlab.data import load_trait, resolve_trait_dir
 from traitlab.errors import ConfigError
-from traitlab.pipelines import steer
+from traitlab.pipelines import steer, steer_modes, steer_prepare
+from traitlab.pipelines.steer_measures import Delta, Sample
+from traitlab.pipelines.steer_results import LayerResult, SteerResult, trial_row
 
 
 def compose_steer(*overrides: str) -> SteerConfig:
@@ -22,13 +25,23 @@ def compose_steer(*overrides: str) -> SteerConfig:
 
 
 def test_defaults_compose_into_the_typed_config():
-    cfg = compose_steer("trait=starter/optimism", "judge=perplexity", "steering.sampler=tpe")
+    cfg = compose_steer("trait=starter/optimism", "steering.sampler=tpe")
     assert isinstance(cfg, SteerConfig)
     assert cfg.trait.name == "starter/optimism" and cfg.layers == "30%-60%" and cfg.mode == "search"
     s = cfg.steering
-    assert (s.threshold, s.up_mult, s.down_mult, s.sampler) == (77.0, 1.3, 0.85, "tpe")
-    assert cfg.judge.backend == "hf_local" and cfg.judge.perplexity_combine == "perplexity"
+    assert (s.threshold, s.up_mult, s.down_mult, s.sampler) == (None, 1.3, 0.85, "tpe")
+    # the embedded default needs no key and sees the effect on a 135M model: propensity, perplexity coherence
+    assert s.objective == "propensity" and cfg.judge.backend == "perplexity" and s.tpe_startup_trials == "auto"
+    # the coherence threshold follows where coherence comes from: perplexity alone is held to 90, a judge to 77
+    assert steer_prepare.coherence_threshold(cfg) == 90.0
+    assert steer_prepare.coherence_threshold(compose_steer("judge=hf_local")) == 77.0
+    assert steer_prepare.coherence_threshold(compose_steer("judge=hf_local", "judge.perplexity_combine=perplexity")) \
+        == 90.0
+    both = compose_steer("judge=hf_local_perplexity").judge
+    assert (both.backend, both.perplexity_combine) == ("hf_local", "perplexity")
+    assert steer_prepare.coherence_threshold(compose_steer("steering.threshold=50")) == 50.0
     assert compose_steer("judge=openai").judge.model == "gpt-4.1-mini"
+    assert compose_steer("judge=hf_local", "steering.objective=judge").steering.objective == "judge"
 
 
 @pytest.mark.parametrize(("overrides", "key", "text"), [
@@ -38,7 +51,12 @@ def test_defaults_compose_into_the_typed_config():
     (("steering.study.grace_period=5",), "steering.study.grace_period", "heartbeat_interval"),
     (("mode=sweep",), "mode", "search, baseline, ablation, rescore"),
     (("layers=10-x",), "layers", "cannot parse '10-x'"),
-    (("judge.backend=perplexity",), "judge.backend", "coherence only"),
+    (("judge=perplexity", "steering.objective=judge"), "steering.objective", "coherence only"),
+    (("steering.objective=likes",), "steering.objective", "propensity, judge, scorer"),
+    (("steering.objective=scorer",), "steering.scorer", "needs a scorer"),
+    (("steering.scorer=sentimental",), "steering.scorer", "sentiment, refusal or a callable"),
+    (("steering.propensity.max_pairs=0",), "steering.propensity.max_pairs", "another objective"),
+    (("judge=perplexity", "mode=ablation"), "judge", "trait score"),
     (("judge.rubric=axbnech",), "judge.rubric", "not one of trait, axbench"),
 ])
 def test_bad_settings_fail_before_anything_loads(overrides, key, text, mlflow_store):
@@ -65,13 +83,13 @@ def test_axbench_rubric_refuses_steering_away_and_is_part_of_the_judge_identity(
         steer.validate_inputs(cfg)
 
     trait = load_trait(resolve_trait_dir("starter/optimism"))
-    plain = steer.judge_config(compose_steer("trait=starter/optimism", "judge=hf_local").judge)
+    plain = steer_prepare.judge_config(compose_steer("trait=starter/optimism", "judge=hf_local").judge)
     # The default rubric keeps the identity it had before rubrics existed, so existing studies resume.
-    before = content_hash("judge-id-v1", {k: plain.get(k) for k in steer._JUDGE_SEMANTIC},
+    before = content_hash("judge-id-v1", {k: plain.get(k) for k in steer_prepare._JUDGE_SEMANTIC},
                           [resolve_template("trait_score", trait=trait.qualified_name).text,
                            resolve_template("coherence").text], trait.definition or "")
-    assert steer.judge_identity(plain, trait) == before
-    assert steer.judge_identity({**plain, "rubric": "axbench"}, trait) != before
+    assert steer_prepare.judge_identity(plain, trait) == before
+    assert steer_prepare.judge_identity({**plain, "rubric": "axbench"}, trait) != before
 
 
 def test_missing_vectors_error_names_what_exists(mlflow_store):
@@ -83,15 +101,19 @@ def test_missing_vectors_error_names_what_exists(mlflow_store):
 def test_prompted_system_prompt_choice(tmp_path):
     trait = load_trait(resolve_trait_dir("starter/optimism"))
     cfg = compose_steer("trait=starter/optimism")
-    assert steer._prompted_system(cfg, trait, +1) == trait.positive[0].system_prompt
-    assert steer._prompted_system(cfg, trait, -1) == trait.negative[0].system_prompt
+    assert steer_prepare._prompted_system(cfg, trait, +1) == trait.positive[0].system_prompt
+    assert steer_prepare._prompted_system(cfg, trait, -1) == trait.negative[0].system_prompt
     cfg.steering.prompted_system_prompt = "Be upbeat."
-    assert steer._prompted_system(cfg, trait, +1) == "Be upbeat."
+    assert steer_prepare._prompted_system(cfg, trait, +1) == "Be upbeat."
 
 
 def _rows(layer, trial, coef, traits, cohs):
     return [{"condition": "steered", "layer": layer, "trial": trial, "coefficient": coef, "study": "s",
-             "trait_score": t, "coherence": c} for t, c in zip(traits, cohs, strict=True)]
+             "question_index": qi, "response": "r", "trait_score": t, "coherence": c}
+            for qi, (t, c) in enumerate(zip(traits, cohs, strict=True))]
+
+
+BASE = Sample(["a", "b"], [95.0, 95.0], [30.0, 30.0])
 
 
 def test_rescore_selection_rule_matches_the_search():
@@ -99,21 +121,41 @@ def test_rescore_selection_rule_matches_the_search():
             + _rows(10, 1, 9.0, [80, 90], [70, 60])   # 85 but incoherent: never chosen
             + _rows(10, 2, 7.0, [50, 60], [80, 76])   # 55, coherence 78: coherent, best
             + _rows(12, 0, 4.0, [None, None], [90, 90]))  # unscorable trait: not a candidate
-    layers = steer.layers_from_rows(rows, base_trait=30.0, direction=1, threshold=77.0)
-    assert layers[10].best["coefficient"] == 7.0 and layers[10].best["delta"] == pytest.approx(25.0)
+    layers = steer_modes.layers_from_rows(rows, BASE, direction=1, threshold=77.0)
+    assert layers[10].best["coefficient"] == 7.0 and layers[10].best["value"] == pytest.approx(25.0)
     assert [t["feasible"] for t in layers[10].trials] == [True, False, True]
     assert layers[12].best is None and layers[12].trials[0]["state"] == "FAIL"
     # a "lower the trait" direction flips the delta: the lowest coherent trait score wins
-    down = steer.layers_from_rows(rows, base_trait=30.0, direction=-1, threshold=77.0)
-    assert down[10].best["coefficient"] == 5.0 and down[10].best["delta"] == pytest.approx(-15.0)
+    down = steer_modes.layers_from_rows(rows, BASE, direction=-1, threshold=77.0)
+    assert down[10].best["coefficient"] == 5.0 and down[10].best["value"] == pytest.approx(-15.0)
+
+
+def test_rescore_compares_only_questions_scored_in_both():
+    base = Sample(["a", "b"], [95.0, 95.0], [10.0, 90.0])
+    # the judge lost question 0 in this trial: 95 vs 90 on question 1 is +5, not 95 - mean(10, 90) = +45
+    layers = steer_modes.layers_from_rows(_rows(10, 0, 5.0, [None, 95], [90, 90]), base, 1, 77.0)
+    d = layers[10].trials[0]["deltas"]["trait"]
+    assert layers[10].best["value"] == pytest.approx(5.0) and (d["n"], d["lost"]) == (1, 1)
 
 
 def test_summary_table_shows_steering_beside_asking():
-    res = steer.SteerResult("r", False, "starter/optimism", "search", [10], threshold=77.0,
-                            baselines={"unsteered": {"trait": 30.0, "coherence": 95.0},
-                                       "prompted": {"trait": 62.5, "coherence": 93.0}})
-    res.per_layer = steer.layers_from_rows(_rows(10, 0, 7.0, [50, 60], [80, 90]), 30.0, 1, 77.0)
-    res.per_layer[10].base_coefficient = 148.0
+    res = SteerResult("r", False, "starter/optimism", "search", [10], objective="propensity",
+                      measures=["propensity", "sentiment"], threshold=77.0, scorer_name="sentiment",
+                      n_pairs={"val": 7, "ood": 5})
+    res.baselines = {"unsteered": Sample(["a"], [95.0], [], [0.25], [0.1, 0.3]),
+                     "prompted": Sample(["b"], [93.0], [], [0.5], [0.2, 0.4])}
+    res.prompted = {"propensity": Delta(Interval(0.1, 0.1, 0.1, 2), 0.3, 0.2, 0)}
+    lr = LayerResult(10, "s", 150.0, 148.0, 44.4)
+    best = trial_row(3, 44.4, 91.5, 0.42, True, "COMPLETE",
+                     {"propensity": Delta(Interval(0.42, 0.31, 0.55, 12), 0.6, 0.18, 0).as_dict(),
+                      "sentiment": Delta(Interval(0.25, 0.05, 0.45, 3), 0.7, 0.45, 0).as_dict()}, [0.5, 0.7])
+    lr.trials, lr.best = [best, trial_row(4, 60.0, 50.0, 0.9, False, "COMPLETE")], best
+    res.per_layer = {10: lr}
     table = res.summary_table()
-    assert res.prompted_delta == pytest.approx(32.5) and res.best_layer == 10
-    assert "| 10 | 148.0 | 1 | 1 | 7.0 | 55.0 | 85.0 | 25.0 | 32.5 |" in table
+    assert "propensity -" not in table and "held-out pairs: 7 val, 5 ood" in table
+    assert ("| 10 | 44.4 (0.30) | 91.5 | +0.42 [0.31, 0.55] (n=12) | +0.1 [0.1, 0.1] (n=2) | "
+            "+0.25 [0.05, 0.45] (n=3) | - | - | 1 / 2 |") in table
+    assert res.best_layer == 10 and "interval excludes zero" in res.verdict()
+    # a re-scored run has no activation norms: the coefficient is shown without its ratio to base
+    lr.base_coefficient = float("nan")
+    assert "| 10 | 44.4 | 91.5 |" in res.summary_table()

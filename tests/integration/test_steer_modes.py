@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from statistics import mean
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from traitlab.config.schema import ExtractConfig, MethodConfig, TrackingConfig, TraitConfig
-from traitlab.config.steer import JudgeConfig, SteerConfig, SteeringConfig
+from traitlab.config.steer import JudgeConfig, PropensityConfig, SteerConfig, SteeringConfig
 from traitlab.core.components import get_decoder_layers
 from traitlab.data import load_trait, resolve_trait_dir
 from traitlab.judge import JudgeScore
@@ -44,7 +46,8 @@ def cfg(mode: str) -> SteerConfig:
     # batch_size=1: no padding, so every position of every forward pass is a real token the ablation edits
     return SteerConfig(trait=TraitConfig(name="starter/optimism"), method=MethodConfig(name="mean_diff"),
                        layers="10", mode=mode, judge=JudgeConfig(backend="hf_local"),
-                       steering=SteeringConfig(n_questions=2, max_new_tokens=10, batch_size=1),
+                       steering=SteeringConfig(n_questions=2, max_new_tokens=10, batch_size=1, objective="judge",
+                                               propensity=PropensityConfig(max_pairs=0)),
                        tracking=TrackingConfig(experiment=EXP))
 
 
@@ -55,12 +58,12 @@ def test_baseline_and_ablation_modes(smollm2, mlflow_store):
     scorer = WordScorer()
     base = steer.run_steer(cfg("baseline"), lm=smollm2, judge=scorer)
     assert [r["condition"] for r in base.rows] == ["unsteered"] * 2 + ["prompted"] * 2
-    trait = steer.mean_or_none([r["trait_score"] for r in base.rows[:2]])
-    assert base.baselines["unsteered"]["trait"] == trait
-    logged = client.get_metric_history(base.run_id, "baseline_trait")
-    assert [(m.step, m.value) for m in logged] == [(0, pytest.approx(trait))]
+    trait = mean([r["trait_score"] for r in base.rows[:2]])
+    assert base.baseline_mean("unsteered", "trait") == pytest.approx(trait)
+    logged = client.get_metric_history(base.run_id, "unsteered/trait")
+    assert [(m.step, m.value) for m in logged] == [(0, pytest.approx(trait, rel=1e-3))]
     assert client.get_run(base.run_id).data.tags["traitlab.steer_mode"] == "baseline"
-    assert scorer.calls == [4]  # scored once, all together, after generation
+    assert scorer.calls == [2, 2]  # unsteered and prompted, each scored together after generation
 
     # Record the residual stream right after layer 10 (the input of layer 11) in every forward pass of the
     # ablation run: the generations must run with the vector projected out there.
@@ -96,10 +99,10 @@ def test_baseline_and_ablation_modes(smollm2, mlflow_store):
     assert conds.count("ablated") == 2 and conds.count("ablated_prompted") == 2
     assert all(r["layer"] == 10 for r in abl.rows if r["condition"].startswith("ablated"))
     m = abl.ablation[10]
-    ablated = steer.mean_or_none([r["trait_score"] for r in abl.rows if r["condition"] == "ablated"])
-    assert m["ablated_trait"] == ablated
-    assert m["ablation_delta"] == pytest.approx(ablated - abl.baselines["unsteered"]["trait"])
-    hist = {k: [(h.step, h.value) for h in client.get_metric_history(abl.run_id, k)]
+    ablated = mean([r["trait_score"] for r in abl.rows if r["condition"] == "ablated"])
+    assert m["ablated_trait"] == pytest.approx(ablated)
+    assert m["ablation_delta"] == pytest.approx(ablated - abl.baseline_mean("unsteered", "trait"))
+    hist = {k: [(h.step, h.value) for h in client.get_metric_history(abl.run_id, f"layer/{k}")]
             for k in ("ablation_delta", "ablated_prompted_trait")}
     assert hist["ablation_delta"] == [(10, pytest.approx(m["ablation_delta"]))]
     assert hist["ablated_prompted_trait"] == [(10, pytest.approx(m["ablated_prompted_trait"]))]

@@ -13,6 +13,7 @@ import torch
 
 from traitlab.config.schema import GenerationConfig
 from traitlab.models.chat import format_prompt
+from traitlab.models.steering import generate_steered
 from traitlab.pipelines.coef_search import (
     COEF,
     START_ATTR,
@@ -26,14 +27,13 @@ from traitlab.pipelines.coef_search import (
     open_study,
     run_search,
 )
-from traitlab.pipelines.steer import generate_steered
 
 THRESHOLD = 77.0
 
 
 def cliff_scorer(c_star: float):
     def evaluate(candidates):
-        return [Outcome(trait=10.0 + 20.0 * c.coefficient, coherence=92.0 if c.coefficient <= c_star else 35.0)
+        return [Outcome(value=10.0 + 20.0 * c.coefficient, coherence=92.0 if c.coefficient <= c_star else 35.0)
                 for c in candidates]
 
     return evaluate

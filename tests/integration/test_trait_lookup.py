@@ -54,8 +54,10 @@ def store(tmp_path_factory, smollm2):
         # a (recorded) steering result on the command-line vector: the registry's overall best is now it
         steer = client.create_run(client.get_experiment_by_name(EXP).experiment_id, tags={
             "traitlab.stage": "steer", "trait": TRAIT, **model_tags(ModelSpec()), "method": "mean_diff",
-            "component": "residual", "position": OTHER, "traitlab.vector_run_id": other.run_id})
-        for key, value in (("best_delta", 30.0), ("best_coherence", 90.0), ("best_coefficient", 4.0)):
+            "component": "residual", "position": OTHER, "traitlab.vector_runs": f"3:{other.run_id}"})
+        for key, value in (("layer/objective_delta", 30.0), ("layer/objective_delta_lo", 20.0),
+                           ("layer/objective_delta_hi", 40.0), ("layer/coherence", 90.0),
+                           ("layer/coefficient", 4.0)):
             client.log_metric(steer.info.run_id, key, value, step=3)
         client.set_terminated(steer.info.run_id)
         assert best_vector(TRAIT, "smollm2_135m", experiment=EXP).position == OTHER

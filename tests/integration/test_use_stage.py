@@ -88,7 +88,7 @@ def test_best_coefficient_is_the_steering_studys(store):
     if not rows:  # no coherent trial in the short study: nothing to report, and nothing invented
         assert v.best_coefficients == {}
         pytest.skip("the short study found no coherent coefficient")
-    want = max(rows, key=lambda r: r["best_delta"])["best_coefficient"]
+    want = max(rows, key=lambda r: r["delta"])["coefficient"]
     assert v.best_coefficients == {10: pytest.approx(want)}  # layer 12 was not studied: no entry
 
 

@@ -79,8 +79,8 @@ def test_unscorable_outcome_marks_the_trial_and_the_study_goes_on(tmp_path) -> N
 
     storage = cs.open_storage(tmp_path / "s.db", heartbeat_interval=1, grace_period=2, max_retry=1)
     study = cs.open_study(storage, "s", cs.make_sampler("adaptive", seed=0), {cs.START_ATTR: 1.0})
-    s = cs.SearchStudy("k", 10, study, target=3, low=0.1, high=10.0, baseline=20.0)
-    replies = iter([(None, None), (30.0, 90.0), (35.0, 85.0)])  # the first reply could not be scored
+    s = cs.SearchStudy("k", 10, study, target=3, low=0.1, high=10.0)
+    replies = iter([(None, None), (10.0, 90.0), (15.0, 85.0)])  # the first reply could not be scored
 
     def evaluate(cands: list) -> list:
         return [cs.Outcome(*next(replies)) for _ in cands]
@@ -88,7 +88,7 @@ def test_unscorable_outcome_marks_the_trial_and_the_study_goes_on(tmp_path) -> N
     cs.run_search([s], evaluate, per_step=1, threshold=77.0)
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [FAIL, COMPLETE, COMPLETE]
-    assert trials[0].user_attrs["trait"] is None  # marked: kept with what is known, not a made-up score
+    assert trials[0].user_attrs["coherence"] is None  # marked: kept with what is known, not a made-up score
     best = cs.best_trial(study)
     assert best is not None and best.value == pytest.approx(15.0)  # the unscorable trial never wins
 
@@ -133,6 +133,8 @@ def test_judge_outage_mid_study_then_resume(extracted, llama_server_process, tmp
             "judge.backoff_s=0.2", "judge.max_backoff_s=0.5", "judge.concurrency=2",
             f"judge.cache_path={tmp_path / 'judge_cache.sqlite'}",  # cold: a shared warm cache would hide the outage
             "steering.n_questions=2", "steering.steps=3", "steering.max_new_tokens=40",
+            # the judge is what this test takes away: make it the objective, and keep every trial a trial
+            "steering.objective=judge", "steering.propensity.max_pairs=0", "steering.threshold=0",
             "steering.study.heartbeat_interval=1", "steering.study.grace_period=2", f"hydra.run.dir={tmp_path / 'h'}"]
     proc = start("steer", args, box.env())
     try:

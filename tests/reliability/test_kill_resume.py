@@ -157,7 +157,8 @@ def load_tensors_bytes(data: bytes, tmp: Path) -> bytes:
 
 # ---- steering: killed between Optuna trials ------------------------------------------------------------
 
-STEER = ["method=mean_diff", "layers=10", "judge=hf_local", "steering.n_questions=2", "steering.steps=3",
+STEER = ["method=mean_diff", "layers=10", "judge=hf_local", "steering.objective=judge", "steering.threshold=0",
+         "steering.propensity.max_pairs=0", "steering.n_questions=2", "steering.steps=3",
          "steering.max_new_tokens=8", "steering.study.heartbeat_interval=1", "steering.study.grace_period=2"]
 
 

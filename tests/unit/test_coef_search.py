@@ -32,7 +32,7 @@ THRESHOLD = 77.0
 
 def cliff(candidates):
     """Trait grows with the coefficient; coherence falls off a cliff past CLIFF."""
-    return [Outcome(trait=10.0 * c.coefficient, coherence=90.0 if c.coefficient <= CLIFF else 40.0)
+    return [Outcome(value=10.0 * c.coefficient, coherence=90.0 if c.coefficient <= CLIFF else 40.0)
             for c in candidates]
 
 
@@ -179,19 +179,19 @@ def test_grid_visits_every_point_once(tmp_path):
     assert best_trial(study).params[COEF] == pytest.approx(grid[3])  # 0.946: the largest <= 1.0
 
 
-def test_negative_direction_flips_sign_and_objective(tmp_path):
+def test_negative_direction_flips_the_coefficient_sign(tmp_path):
     s = adaptive_study(tmp_path / "n.db", momentum=0.0, target=2)
-    s.direction, s.baseline = -1, 50.0
+    s.direction = -1
     seen = []
 
-    def evaluate(candidates):
+    def evaluate(candidates):  # the caller orients the delta: the trait went DOWN by 10 per unit
         seen.extend(c.coefficient for c in candidates)
-        return [Outcome(trait=50.0 + 10 * c.coefficient, coherence=90.0) for c in candidates]
+        return [Outcome(value=-1 * (10 * c.coefficient), coherence=90.0) for c in candidates]
 
     run_search([s], evaluate, per_step=1, threshold=THRESHOLD)
     assert seen == pytest.approx([-0.4, -0.52])
-    # trait went DOWN by 4 and 5.2 points: a positive delta for a "lower it" trait
     assert [t.value for t in finished_trials(s.study)] == pytest.approx([4.0, 5.2])
+    assert [t.user_attrs["coefficient_signed"] for t in finished_trials(s.study)] == pytest.approx([-0.4, -0.52])
 
 
 def test_bad_sampler_settings_are_one_line_config_errors():
@@ -201,3 +201,23 @@ def test_bad_sampler_settings_are_one_line_config_errors():
         AdaptiveSampler(down_mult=1.2)
     with pytest.raises(ConfigError, match="adaptive, tpe, grid"):
         make_sampler("cmaes", seed=0)
+
+
+def test_tpe_startup_scales_to_the_budget(caplog):
+    # The default search (steps 5 x trials_per_step 1) has 5 trials per layer. A fixed 4 start-up trials (plus
+    # the enqueued start coefficient) left 1 trial to TPE's model; scaled to the budget it gets most of them.
+    from traitlab.config.steer import SteeringConfig
+
+    s = SteeringConfig()
+    budget = s.steps * s.trials_per_step
+    with caplog.at_level("WARNING"):
+        sampler = make_sampler("tpe", seed=0, tpe_startup_trials=s.tpe_startup_trials, budget=budget)
+    assert sampler._n_startup_trials == 1                      # a third of 5, at least 1
+    assert "only 4 of 5 trials" in caplog.text                 # and a plain warning that 4 is still few
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert make_sampler("tpe", seed=0, tpe_startup_trials="auto", budget=30)._n_startup_trials == 10
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        make_sampler("tpe", seed=0, tpe_startup_trials=4, budget=5)   # an explicit int is kept, with a warning
+    assert "only 1 of 5 trials" in caplog.text

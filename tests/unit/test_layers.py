@@ -91,6 +91,24 @@ def test_bad_n_layers():
         parse_layers("all", 0)
 
 
+@pytest.mark.parametrize(("spec", "best", "expected"), [
+    ("best-2:best+2", 12, [10, 11, 12, 13, 14]),
+    ("best:best+1", 12, [12, 13]),
+    ("best-2:best+2", 1, [0, 1, 2, 3]),        # a window around best is clipped to the model's layers
+    ("best-1:best+3", 28, [27, 28, 29]),
+    ("2,best-1:best+1", 20, [2, 19, 20, 21]),
+])
+def test_window_around_best(spec, best, expected):
+    assert parse_layers(spec, 30, best=best) == expected
+
+
+def test_window_around_best_errors():
+    with pytest.raises(LayerSpecError, match="'best' needs a best layer"):
+        parse_layers("best-2:best+2", 30, best=None)
+    with pytest.raises(LayerSpecError, match="runs backwards"):
+        parse_layers("best+2:best-2", 30, best=10)
+
+
 def test_dsl_overrides_parse_in_hydra_as_typed_in_bash() -> None:
     """What bash passes after stripping quotes reaches Hydra's real override parser as the DSL value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -110,6 +128,7 @@ def test_dsl_overrides_parse_in_hydra_as_typed_in_bash() -> None:
     assert single == {"position.spec": ["response[:5]"], "layers": ["30%-60%"], "inference.position": ["prompt[-3:]"],
                       "method": ["probe"]}
     assert values(["layers=best,best+5"]) == {"layers": ["best,best+5"]}
+    assert values(["layers=best-2:best+2"]) == {"layers": ["best-2:best+2"]}  # a window around best
     multi = values(["-m", "position.spec=response[:5],prompt[-1]", "layers=[10,12]", "method=probe,mean_diff"])
     assert multi == {"position.spec": ["response[:5]", "prompt[-1]"], "layers": ["10,12"],
                      "method": ["probe", "mean_diff"]}

@@ -21,7 +21,6 @@ def task(cfg: DictConfig) -> float:
         return float("nan")
     print(res.summary_table())
     best = res.best_layer
-    if best is not None:  # what a sweeper maximises: the best coherent trait delta
-        return float(res.per_layer[best].best["delta"])
-    trait = res.baselines.get("unsteered", {}).get("trait")
-    return float(trait) if trait is not None else float("nan")
+    if best is not None:  # what a sweeper maximises: the best coherent objective delta
+        return float(res.per_layer[best].best["value"])
+    return float("nan")

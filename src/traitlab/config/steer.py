@@ -15,14 +15,16 @@ from traitlab.models.loading import ModelSpec
 
 MODES = ("search", "baseline", "ablation", "rescore")
 SAMPLERS = ("adaptive", "tpe", "grid")
+OBJECTIVES = ("propensity", "judge", "scorer")
 
 
 @dataclass
 class JudgeConfig:
     """conf/judge/<backend>.yaml. null model: gpt-4.1-mini (openai), the server's first model
-    (openai_compatible), smollm2_135m (hf_local: the in-process model, reused when it is the steered one)."""
+    (openai_compatible), smollm2_135m (hf_local: the in-process model, reused when it is the steered one).
+    backend perplexity: no LLM judge, coherence only (from the unsteered model's perplexity)."""
 
-    backend: str = "openai"
+    backend: str = "perplexity"
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
@@ -66,18 +68,33 @@ class StudyConfig:
 
 
 @dataclass
+class PropensityConfig:
+    """Held-out pairs whose log-prob margin (positive minus negative response) is measured under steering."""
+
+    max_pairs: int | None = 12         # the extraction's val split first, then OOD pairs (null: all; 0: off)
+    ood: bool = True                   # add ood_positive/ood_negative pairs after the val split
+    max_response_tokens: int | None = 32  # score the first N tokens of each response (null: all)
+    batch_size: int = 16               # forward rows (setting x pair x side), halves on out-of-memory
+
+
+@dataclass
 class SteeringConfig:
     """conf/steering/default.yaml."""
 
+    objective: str = "propensity"    # propensity | judge | scorer: what the search maximises
+    scorer: str | None = None        # sentiment | refusal | 'package.module:function' (text -> number); logged
+    propensity: PropensityConfig = field(default_factory=PropensityConfig)
+    bootstrap: int = 2000            # resamples of every 95% interval (paired, over questions or pairs)
     sampler: str = "adaptive"        # adaptive | tpe | grid
-    threshold: float = 77.0          # coherence >= threshold is the constraint (0-100 scale)
+    threshold: float | None = None   # coherence >= threshold (0-100); null: 90 when coherence is perplexity
+    #                                  alone (judge=perplexity), else 77 (an LLM judge's coherence)
     steps: int = 5                   # rounds of ask -> one batched generate -> judge -> tell
     trials_per_step: int = 1         # candidates per layer per round (all layers x candidates in one batch)
     start_mult: float = 0.3          # first coefficient = base * start_mult
     up_mult: float = 1.3             # adaptive: x up_mult after a coherent round
     down_mult: float = 0.85          # adaptive: x down_mult after an incoherent one
     momentum: float = 0.5            # adaptive: consecutive moves the same way accelerate (0: none)
-    tpe_startup_trials: int = 4
+    tpe_startup_trials: Any = "auto"  # auto: a third of the trials (at least 1); or an int
     search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     n_questions: int | None = 5      # first N of steering.json's questions (null: all)
     max_new_tokens: int = 48

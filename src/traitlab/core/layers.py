@@ -8,6 +8,7 @@ Terms, combinable with commas (the result is sorted and de-duplicated)::
     30%-60%          fraction of depth, inclusive; percent p maps to round(p/100 * n_layers), clamped to the
                      last layer, so a range is never empty (0%-100% is every layer)
     best, best+5, best-2   relative to the best layer found by validation
+    best-2:best+2    a window around the best layer, inclusive, clipped to the model's layers
 
 Python ints and lists (including Hydra ListConfig) are accepted as well.
 """
@@ -26,7 +27,8 @@ _RANGE_RE = re.compile(rf"^({_INT})-({_INT})$")
 _PCT_RANGE_RE = re.compile(rf"^({_NUM})%-({_NUM})%$")
 _PCT_RE = re.compile(rf"^({_NUM})%$")
 _BEST_RE = re.compile(r"^best(?:([+-])(\d+))?$")
-_EXPECTED = "expected all, N, -N, A-B, P%-Q%, best, best+K, best-K or a comma list of these"
+_BEST_WINDOW_RE = re.compile(r"^best(?:([+-])(\d+))?:best(?:([+-])(\d+))?$")
+_EXPECTED = "expected all, N, -N, A-B, P%-Q%, best, best+K, best-K, best-K:best+K or a comma list of these"
 
 
 class LayerSpecError(TraitlabError, ValueError):
@@ -42,6 +44,10 @@ def _fail(spec: object, reason: str, n_layers: int) -> LayerSpecError:
 def _pct_layer(pct: float, n_layers: int) -> int:
     # Half-up rounding (not Python's banker's rounding) so 50% of 30 layers is deterministic: 15.
     return min(int(math.floor(pct / 100.0 * n_layers + 0.5)), n_layers - 1)
+
+
+def _offset(sign: str | None, k: str | None) -> int:
+    return 0 if sign is None else int(k) * (1 if sign == "+" else -1)
 
 
 def _term(term: str, spec: object, n_layers: int, best: int | None) -> list[int]:
@@ -68,6 +74,14 @@ def _term(term: str, spec: object, n_layers: int, best: int | None) -> list[int]
         if pcts[0] > pcts[-1]:
             raise _fail(spec, f"range {term!r} runs backwards", n_layers)
         return list(range(lo, hi + 1))
+    if m := _BEST_WINDOW_RE.match(term):
+        if best is None:
+            raise _fail(spec, "'best' needs a best layer, and none is known (run validation/steering first or give "
+                              "explicit layers)", n_layers)
+        lo, hi = (best + _offset(m.group(1), m.group(2)), best + _offset(m.group(3), m.group(4)))
+        if lo > hi:
+            raise _fail(spec, f"window {term!r} runs backwards ({lo} > {hi})", n_layers)
+        return list(range(max(0, lo), min(n_layers - 1, hi) + 1))
     if m := _BEST_RE.match(term):
         if best is None:
             raise _fail(
@@ -76,8 +90,7 @@ def _term(term: str, spec: object, n_layers: int, best: int | None) -> list[int]
                 "explicit layers)",
                 n_layers,
             )
-        offset = 0 if m.group(1) is None else int(m.group(2)) * (1 if m.group(1) == "+" else -1)
-        layer = best + offset
+        layer = best + _offset(m.group(1), m.group(2))
         if not 0 <= layer < n_layers:
             raise _fail(spec, f"{term!r} is layer {layer} (best = {best}), out of range", n_layers)
         return [layer]

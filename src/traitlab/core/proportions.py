@@ -19,32 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from traitlab.core.metrics import wilson_interval
+from traitlab.core.stats import Interval  # one interval type for every delta and estimate
 
 Z95 = 1.959964  # two-sided 95% normal quantile, as core.metrics uses
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean (an accuracy is the mean of 0/1 outcomes) with its 95% interval and the items it rests on."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-    level: float = 0.95
-
-    @property
-    def excludes_zero(self) -> bool:
-        """True only for a defined interval strictly on one side of zero."""
-        return bool(math.isfinite(self.low) and math.isfinite(self.high) and (self.low > 0 or self.high < 0))
-
-    def __str__(self) -> str:
-        return f"{self.mean:.3g} [{self.low:.3g}, {self.high:.3g}] (n={self.n})"
 
 
 def accuracy_estimate(correct: Sequence[bool]) -> Interval:

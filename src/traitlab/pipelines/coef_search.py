@@ -1,8 +1,9 @@
 """The Optuna side of the steering coefficient search: samplers, resumable study storage, and the
 ask -> evaluate-as-one-batch -> tell loop.
 
-One study per (vector, layer), maximising trait_delta, with the constraint coherence >= threshold set by
-`trial.set_constraint` (Optuna 5: TPE and `study.best_trial` read it; feasible means <= 0).
+One study per (vector, layer), maximising the objective's delta against the unsteered model (computed by the
+caller's evaluate), with the constraint coherence >= threshold set by `trial.set_constraint` (Optuna 5: TPE
+and `study.best_trial` read it; feasible means <= 0).
 
 Resuming is Optuna's job, not ours: studies live in sqlite (RDBStorage) with heartbeats. Trials of a job
 that died stop heart-beating; after `grace_period` `fail_stale_trials` marks them FAIL and the
@@ -180,12 +181,44 @@ class BatchGridSampler(GridSampler):
         return None
 
 
+TPE_MIN_GUIDED = 5  # fewer trials than this left to TPE's model and it is close to random search
+
+
+def tpe_startup(budget: int, configured: int | str = "auto") -> int:
+    """TPE's random start-up trials for a study of `budget` trials: `auto` is a third of the budget (at
+    least 1), so TPE's model chooses most trials of a short search; a configured int is kept. Warns when
+    fewer than TPE_MIN_GUIDED trials are left to the model."""
+    if configured == "auto":
+        startup = max(1, budget // 3)
+    else:
+        try:
+            startup = int(configured)
+        except (TypeError, ValueError):
+            raise ConfigError("steering.tpe_startup_trials", f"{configured!r} is not 'auto' or an int >= 0") from None
+        if startup < 0:
+            raise ConfigError("steering.tpe_startup_trials", f"{startup} must be >= 0 or auto")
+    guided = max(0, budget - startup)
+    if guided < TPE_MIN_GUIDED:
+        log.warning("sampler=tpe: only %d of %d trials per layer are chosen by TPE's model (%d start-up trials); "
+                    "raise steering.steps (x trials_per_step) to at least %d, or use sampler=adaptive for short "
+                    "searches", guided, budget, startup, startup + TPE_MIN_GUIDED)
+    return startup
+
+
 def make_sampler(name: str, *, seed: int, grid: Sequence[float] | None = None, up_mult: float = 1.3,
-                 down_mult: float = 0.85, momentum: float = 0.5, tpe_startup_trials: int = 4) -> BaseSampler:
+                 down_mult: float = 0.85, momentum: float = 0.5, tpe_startup_trials: int | str = "auto",
+                 budget: int | None = None) -> BaseSampler:
+    """`budget`: trials per study; tpe scales its start-up trials to it (see tpe_startup)."""
     if name == "adaptive":
         return AdaptiveSampler(up_mult=up_mult, down_mult=down_mult, momentum=momentum, seed=seed)
     if name == "tpe":
-        return TPESampler(seed=seed, n_startup_trials=tpe_startup_trials, constant_liar=True)
+        if budget is None:
+            if tpe_startup_trials == "auto":
+                raise ConfigError("steering.tpe_startup_trials", "auto needs the study's trial budget")
+            startup = int(tpe_startup_trials)
+        else:
+            startup = tpe_startup(budget, tpe_startup_trials)
+        return TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
     if name == "grid":
         if not grid:
             raise ConfigError("steering.sampler", "grid needs grid values")
@@ -327,8 +360,7 @@ class SearchStudy:
     low: float                   # coefficient magnitude bounds
     high: float
     log: bool = True
-    direction: int = 1           # +1 raise the trait score, -1 lower it (coefficient sign too)
-    baseline: float = 0.0        # unsteered trait score the delta is measured against
+    direction: int = 1           # +1 raise the trait, -1 lower it: the sign of the coefficient
     vector: Any = None           # what evaluate needs to steer (a Tensor in the pipeline)
 
     def remaining(self) -> int:
@@ -347,7 +379,10 @@ class Candidate:
 
 @dataclass
 class Outcome:
-    trait: float | None
+    """What evaluate found for one candidate: the objective's delta against the unsteered model (already
+    oriented by the trait's direction; None: not measurable, the trial FAILs) and its mean coherence."""
+
+    value: float | None
     coherence: float | None
     user_attrs: dict[str, Any] = field(default_factory=dict)
 
@@ -356,7 +391,6 @@ Evaluate = Callable[[list[Candidate]], list[Outcome]]
 
 
 def tell(s: SearchStudy, trial: Trial, magnitude: float, out: Outcome, threshold: float) -> None:
-    trial.set_user_attr("trait", out.trait)
     trial.set_user_attr("coherence", out.coherence)
     trial.set_user_attr("coefficient_signed", s.direction * magnitude)
     trial.set_user_attr("layer", s.layer)
@@ -364,10 +398,10 @@ def tell(s: SearchStudy, trial: Trial, magnitude: float, out: Outcome, threshold
         trial.set_user_attr(k, v)
     # An unscorable coherence counts as incoherent: a coefficient is accepted only on evidence.
     trial.set_constraint(CONSTRAINT, threshold - (out.coherence if out.coherence is not None else 0.0))
-    if out.trait is None:
+    if out.value is None or not math.isfinite(out.value):
         s.study.tell(trial, state=TrialState.FAIL)
     else:
-        s.study.tell(trial, s.direction * (out.trait - s.baseline))
+        s.study.tell(trial, float(out.value))
 
 
 def run_search(studies: Sequence[SearchStudy], evaluate: Evaluate, *, per_step: int, threshold: float,

@@ -36,17 +36,19 @@ def _example(bundle: SteeringBundle) -> dict[str, Any]:
 
 @contextmanager
 def _mlflow_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (which log_model uses) at `uri` for the block, then restore it."""
+    """Point MLflow's fluent API (which log_model uses) at `uri` for the block, then restore what was SET before
+    (usually nothing: the process then follows MLFLOW_TRACKING_URI again, rather than keep a pinned copy of it)."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    prev_tracking, prev_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    prev_tracking, prev_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(prev_tracking)
-        mlflow.set_registry_uri(prev_registry)
+        tracking_utils._tracking_uri, registry_utils._registry_uri = prev_tracking, prev_registry
 
 
 def register_steering_model(bundle: SteeringBundle, *, name: str, run_id: str, uri: str,

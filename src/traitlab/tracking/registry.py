@@ -5,7 +5,9 @@ here takes that key, or a ModelSpec / LoadedModel (its identity, or `model.vecto
 model name / Hub id / directory (that model without adapter or quantization).
 
 Best-vector order (as validated in the literature on steering): a coherent steering delta beats an
-out-of-distribution effect size, which beats the in-distribution held-out effect size.
+out-of-distribution effect size, which beats the in-distribution held-out effect size. A steering result
+counts only for the exact vector it was measured on (the extraction run id of that layer), only when its
+95% interval excludes zero, and only against results of the same comparison (objective, judge, threshold).
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ class VectorRef:
     position: str
     layer: int
     metrics: dict[str, float] = field(default_factory=dict)
-    source: str = "val_effect_size"
+    source: str = "val_effect_size"   # which rule picked it: steering_delta | ood_effect_size | val_effect_size
     score: float = float("nan")
+    reason: str = ""                  # the rule in words, with the numbers it compared
 
     @property
     def artifact_path(self) -> str:
@@ -145,46 +148,98 @@ def fetch_vector(ref: VectorRef, uri: str | None = None, experiment: str = "trai
     return v
 
 
+def extraction_params(run_id: str, *, uri: str | None = None, experiment: str = "traitlab") -> dict[str, str]:
+    """The flattened config an extraction run logged (e.g. `extraction.val_split`, `seed`)."""
+    client, _ = ensure_store(uri, experiment)
+    return dict(client.get_run(run_id).data.params)
+
+
+def _vector_runs(tag: str) -> dict[int, str]:
+    """`traitlab.vector_runs` = "10:<run id>,12:<run id>" -> {10: run id, 12: run id}."""
+    out = {}
+    for item in tag.split(","):
+        layer, sep, run_id = item.partition(":")
+        if sep and layer.strip().lstrip("-").isdigit():
+            out[int(layer)] = run_id.strip()
+    return out
+
+
 def steering_results(trait: str, model: Any, *, experiment: str = "traitlab",
                      uri: str | None = None) -> list[dict[str, float | str | int]]:
-    """Per-layer best coherent steering deltas logged by the steering stage."""
+    """Per-layer steering results (best coherent coefficient) of finished steer runs, newest run first: the
+    objective's delta with its 95% interval, the vector run it was measured on, and its comparison key."""
     model = registry_key(model)
     client, exp_id = ensure_store(uri, experiment)
     filt = (f"tags.`traitlab.stage` = 'steer' and tags.trait = '{_q(trait)}' and tags.model = '{_q(model)}' "
             "and attributes.status = 'FINISHED'")
     rows = []
-    for r in client.search_runs([exp_id], filter_string=filt, max_results=500):
-        per_layer = _layer_metrics(client, r.info.run_id, ["best_delta", "best_coherence", "best_coefficient"])
-        for lyr, m in per_layer.items():
-            if "best_delta" in m:
-                rows.append({"run_id": r.info.run_id, "vector_run_id": r.data.tags.get("traitlab.vector_run_id", ""),
-                             "method": r.data.tags.get("method", ""), "component": r.data.tags.get("component", ""),
-                             "position": r.data.tags.get("position", ""), "layer": lyr, **m})
+    delta, lo, hi, coh, coef = (layer_metric(n) for n in ("objective_delta", "objective_delta_lo",
+                                                          "objective_delta_hi", "coherence", "coefficient"))
+    for r in client.search_runs([exp_id], filter_string=filt, order_by=["attributes.start_time DESC"],
+                                max_results=500):
+        tags = r.data.tags
+        vector_runs = _vector_runs(tags.get("traitlab.vector_runs", ""))
+        for lyr, m in _layer_metrics(client, r.info.run_id, [delta, lo, hi, coh, coef]).items():
+            if delta not in m:
+                continue
+            rows.append({"run_id": r.info.run_id, "vector_run_id": vector_runs.get(lyr, ""),
+                         "method": tags.get("method", ""), "component": tags.get("component", ""),
+                         "position": tags.get("position", ""), "layer": lyr,
+                         "objective": tags.get("traitlab.objective", ""),
+                         "comparison": tags.get("traitlab.comparison", ""),
+                         "threshold": tags.get("traitlab.threshold", ""),
+                         "delta": m[delta], "low": m.get(lo, float("nan")), "high": m.get(hi, float("nan")),
+                         "coherence": m.get(coh, float("nan")), "coefficient": m.get(coef, float("nan"))})
     return rows
 
 
+def _trusted(s: dict) -> bool:
+    """A steering delta counts when its 95% interval lies above zero (deltas are oriented toward the trait)."""
+    low = float(s.get("low", float("nan")))
+    return math.isfinite(low) and low > 0
+
+
 def best_vector(trait: str, model: Any, *, experiment: str = "traitlab", uri: str | None = None,
-                **filters: str) -> VectorRef | None:
-    """Walk steering delta (coherent) > OOD effect size > in-distribution effect size."""
+                comparison: str | None = None, **filters: str) -> VectorRef | None:
+    """Walk steering delta (coherent, interval above zero) > OOD effect size > in-distribution effect size.
+
+    Steering results are matched to the vectors by the extraction run they were measured on, and ranked only
+    within one comparison (same objective, judge and threshold): `comparison` names it, else the newest steer
+    run's. `ref.source` says which rule picked the vector and `ref.reason` why.
+    """
     model = registry_key(model)
     refs = find_vectors(trait, model, experiment=experiment, uri=uri, **filters)
     if not refs:
         return None
-    by_key = {(r.method, r.component, r.position, r.layer): r for r in refs}
-    steer = [s for s in steering_results(trait, model, experiment=experiment, uri=uri)
-             if (s["method"], s["component"], s["position"], s["layer"]) in by_key]
-    if steer:
-        s = max(steer, key=lambda s: float(s["best_delta"]))
-        ref = by_key[(s["method"], s["component"], s["position"], s["layer"])]
-        ref.source, ref.score = "steering_delta", float(s["best_delta"])
+    by_run = {(r.run_id, r.layer): r for r in refs}
+    results = steering_results(trait, model, experiment=experiment, uri=uri)
+    mine = [s for s in results if (s["vector_run_id"], s["layer"]) in by_run]
+    trusted = [s for s in mine if _trusted(s)]
+    if comparison is not None:
+        trusted = [s for s in trusted if s["comparison"] == comparison]
+    if trusted:
+        key = trusted[0]["comparison"]  # newest first: the comparison the researcher ran last
+        s = max((s for s in trusted if s["comparison"] == key), key=lambda s: float(s["delta"]))
+        ref = by_run[(s["vector_run_id"], s["layer"])]
+        ref.source, ref.score = "steering_delta", float(s["delta"])
+        ref.reason = (f"steering: {s['objective'] or 'objective'} delta {s['delta']:.3g} "
+                      f"[{s['low']:.3g}, {s['high']:.3g}] at layer {s['layer']} (steer run {s['run_id'][:8]}, "
+                      f"threshold {s['threshold']}), the largest trusted delta of its comparison")
         return ref
+    why = (f"{len(mine)} steering result(s) for these vectors, none with a 95% interval above zero"
+           if mine else "no steering result measured on these vectors")
+    if len(results) > len(mine):
+        why += f" ({len(results) - len(mine)} other result(s) were measured on other vector runs)"
     for metric in ("ood_effect_size", "val_effect_size"):
-        scored = [r for r in refs if metric in r.metrics]
+        scored = [r for r in refs if metric in r.metrics and math.isfinite(r.metrics[metric])]
         if scored:
             ref = max(scored, key=lambda r: r.metrics[metric])
             ref.source, ref.score = metric, ref.metrics[metric]
+            ref.reason = f"{metric} {ref.score:.3g} at layer {ref.layer}; {why}"
             return ref
-    return refs[0]
+    ref = refs[0]
+    ref.reason = f"newest vector; no effect size logged; {why}"
+    return ref
 
 
 def no_vectors_error(trait: str, model: Any, experiment: str, filters: dict[str, str],

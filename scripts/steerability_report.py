@@ -1,0 +1,137 @@
+"""Steerability of every starter trait at its best extraction layer (mean_diff), judge-free.
+
+For each trait: extract mean_diff vectors at all layers (cached activations), take extraction's best layer,
+then on a fixed grid of coefficients (multiples of base = median ||h_layer|| / ||v||) measure in shared batches
+the propensity of the held-out pairs (extraction's val split, then OOD pairs) and the perplexity coherence of
+the steered answers to the trait's steering questions. The coherent range is the run of grid points around 0
+whose coherence stays >= the threshold; over it: steerability (propensity slope per unit of base), the fraction
+of anti-steerable pairs, the slopes' spread, and the propensity delta at the largest coherent coefficient
+toward the trait, with its paired bootstrap 95% interval; beside it, the prompted baseline's delta.
+
+    PYTHONPATH=src .venv/bin/python scripts/steerability_report.py [trait ...]
+
+or from Python: `report(["starter/optimism"])` returns the rows and prints the table.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+GRID = (-0.3, -0.15, 0.15, 0.3, 0.45)   # coefficient / base; 0 is the unsteered point
+THRESHOLD = 90.0                       # perplexity coherence, as steering's default for judge=perplexity
+TRAITS = ("starter/evil", "starter/formality", "starter/hallucination", "starter/optimism", "starter/refusal",
+          "starter/sycophancy")
+
+
+@dataclass
+class Row:
+    trait: str
+    layer: int
+    base: float
+    coherent: tuple[float, ...]   # coherent grid points (x base), 0 included
+    steerability: object          # core.stats.Steerability
+    delta: object                 # steer_measures.Delta at the largest coherent coefficient toward the trait
+    delta_at: float
+    prompted: object              # steer_measures.Delta: the trait's system prompt, no steering
+    n_pairs: int
+
+
+def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_questions: int = 4,
+                  max_new_tokens: int = 24, seed: int = 42) -> Row:
+    from traitlab.config.schema import (
+        ExtractConfig,
+        GenerationConfig,
+        MethodConfig,
+        TrackingConfig,
+        TraitConfig,
+    )
+    from traitlab.core.stats import steerability
+    from traitlab.data import load_trait, resolve_trait_dir
+    from traitlab.judge.cheap import PerplexityCoherence
+    from traitlab.models.chat import format_prompt
+    from traitlab.models.steering import activation_norms
+    from traitlab.pipelines.extract import run_extract
+    from traitlab.pipelines.steer_measures import (
+        PROPENSITY,
+        Measurer,
+        heldout_examples,
+        heldout_pairs,
+        paired_delta,
+    )
+
+    cfg = ExtractConfig(trait=TraitConfig(name=trait_name), method=MethodConfig(name="mean_diff"), layers="all",
+                        tracking=TrackingConfig(experiment=experiment), seed=seed)
+    ex = run_extract(cfg, lm=lm)
+    if ex.skipped:  # finished before: re-run in memory is not needed, the registry has the vectors
+        from traitlab.tracking.registry import fetch_vector, find_vectors
+
+        refs = find_vectors(trait_name, lm, method="mean_diff", experiment=experiment)
+        by_layer = {r.layer: r for r in refs}
+        best = int(max(by_layer, key=lambda lyr: by_layer[lyr].metrics.get("val_effect_size", -math.inf)))
+        vector = fetch_vector(by_layer[best], experiment=experiment)
+    else:
+        best, vector = ex.best_layer, ex.vectors[ex.best_layer]
+    trait = load_trait(resolve_trait_dir(trait_name))
+    direction = trait.steering.direction
+    questions = trait.steering.questions[:n_questions]
+    pairs = heldout_pairs(lm, heldout_examples(trait, cfg.extraction.val_split, seed, max_pairs=max_pairs), seed)
+    m = Measurer(lm, trait, questions, PerplexityCoherence(lm), None, pairs,
+                 GenerationConfig(max_new_tokens=max_new_tokens, batch_size=64), seed=seed, max_response_tokens=32)
+    texts = [format_prompt(lm.tokenizer, q, None, lm.use_chat_template) for q in questions]
+    base = activation_norms(lm, texts, [best])[best] / float(vector.norm())
+    xs = (0.0, *GRID)
+    samples = m.steered([None] + [[(best, vector, direction * x * base)] for x in GRID])
+    coh = {x: s.mean_coherence or 0.0 for x, s in zip(xs, samples, strict=True)}
+    ordered = sorted(xs)
+    zero = ordered.index(0.0)
+    lo = hi = zero
+    while lo > 0 and coh[ordered[lo - 1]] >= THRESHOLD:
+        lo -= 1
+    while hi < len(ordered) - 1 and coh[ordered[hi + 1]] >= THRESHOLD:
+        hi += 1
+    coherent = tuple(ordered[lo:hi + 1])
+    by_x = dict(zip(xs, samples, strict=True))
+    st = steerability([direction * x for x in coherent], [by_x[x].margins for x in coherent], seed=seed)
+    top = max(coherent)  # toward the trait: positive multiples carry the direction's sign
+    delta = paired_delta(by_x[top].items(PROPENSITY, None), by_x[0.0].items(PROPENSITY, None), direction,
+                         seed=seed, n_boot=2000)
+    system = next((e.system_prompt for e in (trait.positive if direction > 0 else trait.negative) if e.system_prompt),
+                  None)
+    prompted = m.propensities([None], system_prompt=system)[0]
+    pdelta = paired_delta(prompted, by_x[0.0].items(PROPENSITY, None), direction, seed=seed, n_boot=2000)
+    return Row(trait_name, best, base, coherent, st, delta, top, pdelta, len(pairs))
+
+
+def _ci(d) -> str:
+    iv = d.interval
+    return f"{iv.mean:+.3f} [{iv.low:.3f}, {iv.high:.3f}]"
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| trait | best layer | coherent range (x base) | steerability [95% CI] | anti-steerable | slope spread "
+             "| propensity delta at max coherent [95% CI] | prompted delta [95% CI] | pairs |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r.steerability
+        lines.append(f"| {r.trait} | {r.layer} | {min(r.coherent):+.2f} .. {max(r.coherent):+.2f} | "
+                     f"{s.steerability:.3f} [{s.interval.low:.3f}, {s.interval.high:.3f}] | {s.anti_steerable:.2f} | "
+                     f"{s.spread:.3f} | {_ci(r.delta)} at {r.delta_at:+.2f} | {_ci(r.prompted)} | {r.n_pairs} |")
+    return "\n".join(lines)
+
+
+def report(traits=TRAITS, experiment: str = "steerability-report") -> list[Row]:
+    from traitlab.models.loading import load_model
+
+    lm = load_model("smollm2_135m")
+    rows = []
+    for t in traits:
+        rows.append(measure_trait(lm, t, experiment))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print(table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    report(sys.argv[1:] or TRAITS)

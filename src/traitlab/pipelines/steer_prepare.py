@@ -1,0 +1,296 @@
+"""Stage 2 before the model loads: check the settings, the trait, the objective, the judge and the vectors, and
+collect what the run needs (questions, prompted system prompt, held-out pairs). Every failure is a one-line
+error naming the config key or file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from traitlab.config.schema import ExtractionConfig, GenerationConfig
+from traitlab.config.steer import MODES, OBJECTIVES, SAMPLERS, JudgeConfig, SteerConfig
+from traitlab.core.components import COMPONENTS
+from traitlab.core.layers import LayerSpecError, parse_layers
+from traitlab.core.positions import parse_position
+from traitlab.data import Example, TraitDataset, load_trait, resolve_trait_dir
+from traitlab.errors import ConfigError, DataError
+from traitlab.io import content_hash
+from traitlab.judge.text_scorers import TextScorer, make_text_scorer
+from traitlab.models.identity import VARIANT_HINT, identity_of, vectors_key
+from traitlab.models.loading import LoadedModel
+from traitlab.pipelines import coef_search as cs
+from traitlab.pipelines.steer_measures import (
+    PROPENSITY,
+    heldout_examples,
+    measure_names,
+    objective_measure,
+)
+from traitlab.tracking.registry import VectorRef, best_vector, extraction_params, find_vectors
+
+log = logging.getLogger(__name__)
+
+# Judge settings that change a score (retries, timeouts, concurrency and cache location do not).
+_JUDGE_SEMANTIC = ("backend", "model", "base_url", "min_weight", "top_logprobs", "scale_max", "relevance_check",
+                   "perplexity_combine", "ppl_min", "ppl_max")
+
+
+# ---------------------------------------------------------------------------------------- validation
+
+
+@dataclass
+class Prepared:
+    """What validation found: everything the run needs that does not need the model."""
+
+    trait: TraitDataset
+    questions: list[str]
+    direction: int
+    prompted_system: str
+    judge_cfg: dict[str, Any]
+    judge_id: str
+    objective: str                                   # the measure the search maximises
+    threshold: float                                 # the coherence constraint, resolved (steering.threshold)
+    scorer: TextScorer | None = None
+    pair_examples: list[tuple[Example, Example, str]] = field(default_factory=list)  # held-out (pos, neg, source)
+    split: dict[str, Any] = field(default_factory=dict)  # val_split / seed the held-out pairs came from
+    refs: list[VectorRef] = field(default_factory=list)
+
+    @property
+    def judge_has_trait(self) -> bool:
+        return self.judge_cfg["backend"] != "perplexity"
+
+    @property
+    def measures(self) -> list[str]:
+        return measure_names(self.objective, self.judge_has_trait, self.scorer, bool(self.pair_examples))
+
+
+def judge_config(cfg: JudgeConfig) -> dict[str, Any]:
+    return dict(asdict(cfg))
+
+
+def _check_settings(cfg: SteerConfig) -> None:
+    s = cfg.steering
+    if cfg.mode not in MODES:
+        raise ConfigError("mode", f"'{cfg.mode}' is not one of {', '.join(MODES)}")
+    if s.objective not in OBJECTIVES:
+        raise ConfigError("steering.objective", f"'{s.objective}' is not one of {', '.join(OBJECTIVES)}")
+    if s.sampler not in SAMPLERS:
+        raise ConfigError("steering.sampler", f"'{s.sampler}' is not one of {', '.join(SAMPLERS)}")
+    if s.threshold is not None and not 0.0 <= s.threshold <= 100.0:
+        raise ConfigError("steering.threshold", f"{s.threshold} is not in 0..100 (coherence scores are 0-100)")
+    sp = s.search_space
+    if not sp.low > 0 or not sp.high > 0:
+        raise ConfigError("steering.search_space", f"low={sp.low} and high={sp.high} must be > 0 (coefficient "
+                                                   "magnitudes; the sign comes from steering.json's direction)")
+    if sp.low >= sp.high:
+        raise ConfigError("steering.search_space", f"bounds are reversed or empty: low={sp.low} >= high={sp.high}")
+    p = s.propensity
+    for key, value, ok, expected in (
+        ("steering.steps", s.steps, s.steps >= 1, ">= 1"),
+        ("steering.trials_per_step", s.trials_per_step, s.trials_per_step >= 1, ">= 1"),
+        ("steering.start_mult", s.start_mult, s.start_mult > 0, "> 0"),
+        ("steering.up_mult", s.up_mult, s.up_mult > 1, "> 1"),
+        ("steering.down_mult", s.down_mult, 0 < s.down_mult < 1, "in (0, 1)"),
+        ("steering.momentum", s.momentum, 0 <= s.momentum < 1, "in [0, 1)"),
+        ("steering.max_new_tokens", s.max_new_tokens, s.max_new_tokens >= 1, ">= 1"),
+        ("steering.batch_size", s.batch_size, s.batch_size >= 1, ">= 1"),
+        ("steering.bootstrap", s.bootstrap, s.bootstrap >= 100, ">= 100"),
+        ("steering.propensity.batch_size", p.batch_size, p.batch_size >= 1, ">= 1"),
+        ("steering.propensity.max_pairs", p.max_pairs, p.max_pairs is None or p.max_pairs >= 0, ">= 0 or null"),
+        ("steering.propensity.max_response_tokens", p.max_response_tokens,
+         p.max_response_tokens is None or p.max_response_tokens >= 1, ">= 1 or null"),
+        ("steering.study.heartbeat_interval", s.study.heartbeat_interval, s.study.heartbeat_interval >= 1, ">= 1"),
+        ("steering.study.grace_period", s.study.grace_period,
+         s.study.grace_period > s.study.heartbeat_interval, "> heartbeat_interval"),
+    ):
+        if not ok:
+            raise ConfigError(key, f"{value} must be {expected}")
+    if s.sampler == "tpe":
+        cs.tpe_startup(s.steps * s.trials_per_step, s.tpe_startup_trials)  # checks the value, warns if too few
+    if s.objective == PROPENSITY and p.max_pairs == 0:
+        raise ConfigError("steering.propensity.max_pairs", "0 turns propensity off, but steering.objective is "
+                                                            "propensity: give pairs or another objective")
+    if s.n_questions is not None and s.n_questions < 1:
+        raise ConfigError("steering.n_questions", f"{s.n_questions} must be >= 1 or null (all questions)")
+    if cfg.component.name not in COMPONENTS:
+        raise ConfigError("component", f"'{cfg.component.name}' is not one of {', '.join(COMPONENTS)}")
+    parse_position(cfg.position.spec)
+    if cfg.mode in ("search", "ablation"):
+        try:  # syntax now; the range once the model's depth is known
+            parse_layers(cfg.layers, 10_000, best=0)
+        except LayerSpecError as e:
+            raise ConfigError("layers", str(e).split("; valid layers are")[0]) from None
+
+
+def _check_judge_fits(cfg: SteerConfig, backend: str) -> None:
+    if backend != "perplexity":
+        return
+    if cfg.steering.objective == "judge":
+        raise ConfigError("steering.objective", "judge needs a judge with a trait score (judge=hf_local, openai or "
+                                                "openai_compatible); judge=perplexity scores coherence only")
+    if cfg.mode in ("ablation", "rescore"):
+        raise ConfigError("judge", f"mode={cfg.mode} measures the LLM judge's trait score, and judge=perplexity has "
+                                   "none: use judge=hf_local (or openai, openai_compatible)")
+
+
+PERPLEXITY_THRESHOLD, JUDGE_THRESHOLD = 90.0, 77.0
+
+
+def coherence_threshold(cfg: SteerConfig) -> float:
+    """steering.threshold, or its default for where coherence comes from (see conf/steering/default.yaml)."""
+    if cfg.steering.threshold is not None:
+        return float(cfg.steering.threshold)
+    j = cfg.judge
+    perplexity_only = j.backend == "perplexity" or j.perplexity_combine == "perplexity"
+    return PERPLEXITY_THRESHOLD if perplexity_only else JUDGE_THRESHOLD
+
+
+def _prompted_system(cfg: SteerConfig, trait: TraitDataset, direction: int) -> str:
+    """The prompted baseline's system prompt: configured, else the trait's own first one for the steered
+    direction, else one written from the definition."""
+    if cfg.steering.prompted_system_prompt:
+        return cfg.steering.prompted_system_prompt
+    side = trait.positive if direction > 0 else trait.negative
+    for e in side:
+        if e.system_prompt:
+            return e.system_prompt
+    what = trait.definition.strip() if trait.definition else trait.name
+    verb = "Strongly display" if direction > 0 else "Avoid any sign of"
+    return f"{verb} this trait in your answer: {trait.name}. {what}"
+
+
+def judge_identity(jcfg: dict[str, Any], trait: TraitDataset) -> str:
+    """Hash of everything that changes a judge score: semantic settings and the prompt texts used."""
+    from traitlab.judge.factory import prompt_texts
+
+    semantic = {k: jcfg.get(k) for k in _JUDGE_SEMANTIC}
+    if jcfg["backend"] == "perplexity":
+        return content_hash("judge-id-v1", semantic)
+    spec = trait.steering
+    texts = prompt_texts(jcfg, eval_prompt=spec.eval_prompt if spec else None, trait=trait.qualified_name)
+    if jcfg.get("rubric", "trait") != "trait":  # only then: studies judged by the default rubric keep their names
+        semantic["rubric"] = jcfg["rubric"]
+    return content_hash("judge-id-v1", semantic, texts, trait.definition or "")
+
+
+def _missing_vectors_error(cfg: SteerConfig, trait: str, what: str) -> ConfigError:
+    have = find_vectors(trait, cfg.model, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
+    kinds = sorted({(r.method, r.component, r.position) for r in have})
+    avail = "; ".join(f"method={m} component={c} position={p!r}" for m, c, p in kinds) or "none"
+    return ConfigError("method/component/position",
+                       f"no extracted vectors {what} for trait {trait} on model {vectors_key(cfg.model)} in "
+                       f"experiment '{cfg.tracking.experiment}' (available: {avail}); run launchers/extract.py "
+                       f"trait={trait} method={cfg.method.name} first, or pick an available one"
+                       f"{VARIANT_HINT if not have else ''}")
+
+
+def _split_settings(cfg: SteerConfig, refs: list[VectorRef]) -> dict[str, Any]:
+    """The val split and seed extraction used for these vectors (so the held-out pairs are truly held out)."""
+    if refs:
+        params = extraction_params(refs[0].run_id, uri=cfg.tracking.uri, experiment=cfg.tracking.experiment)
+        if "extraction.val_split" in params and "seed" in params:
+            return {"val_split": float(params["extraction.val_split"]), "seed": int(params["seed"]),
+                    "from": refs[0].run_id}
+    return {"val_split": ExtractionConfig().val_split, "seed": cfg.seed, "from": "defaults"}
+
+
+def validate_inputs(cfg: SteerConfig) -> Prepared:
+    """Everything checkable before the model loads; every failure is a one-line error."""
+    from traitlab.judge import make_judge
+
+    _check_settings(cfg)
+    trait = load_trait(resolve_trait_dir(cfg.trait.name, cfg.trait.path))
+    spec = trait.steering
+    if spec is None or not spec.questions:
+        raise DataError(trait.path / "steering.json", "needs a non-empty \"questions\" list to steer on "
+                                                      "(questions that do not already show the trait)")
+    n = cfg.steering.n_questions
+    questions = list(spec.questions[:n] if n else spec.questions)
+    jcfg = judge_config(cfg.judge)
+    _check_judge_fits(cfg, jcfg["backend"])
+    if jcfg.get("rubric") == "axbench" and spec.direction < 0:
+        raise ConfigError("judge.rubric", f"axbench rewards the concept being present, but {trait.path}/steering.json "
+                                          "steers away from the trait (direction negative); use judge.rubric=trait")
+    scorer = make_text_scorer(cfg.steering.scorer) if cfg.steering.scorer else None
+    objective = objective_measure(cfg.steering.objective, scorer)
+    judge = make_judge(jcfg)  # checks keys, prompt files and templates
+    if cfg.mode != "rescore":  # re-scoring reads the judge cache: the judge's server need not be up
+        judge.validate()      # key present, server reachable
+    check = getattr(judge, "check_trait_prompt", None) or getattr(getattr(judge, "judge", None),
+                                                                  "check_trait_prompt", None)
+    if check is not None:
+        check(spec.eval_prompt, trait.name)
+    prep = Prepared(trait, questions, spec.direction, _prompted_system(cfg, trait, spec.direction), jcfg,
+                    judge_identity(jcfg, trait), objective, coherence_threshold(cfg), scorer)
+    if cfg.mode in ("search", "ablation"):
+        prep.refs = find_vectors(trait.qualified_name, cfg.model, method=cfg.method.name,
+                                 component=cfg.component.name, position=cfg.position.spec,
+                                 experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
+        if not prep.refs:
+            raise _missing_vectors_error(cfg, trait.qualified_name,
+                                         f"(method={cfg.method.name}, component={cfg.component.name}, "
+                                         f"position={cfg.position.spec!r})")
+    p = cfg.steering.propensity
+    if cfg.mode in ("search", "baseline") and p.max_pairs != 0:
+        prep.split = _split_settings(cfg, prep.refs)
+        prep.pair_examples = heldout_examples(trait, prep.split["val_split"], prep.split["seed"], ood=p.ood,
+                                              max_pairs=p.max_pairs)
+        if not prep.pair_examples and objective == PROPENSITY:
+            raise DataError(trait.path, "propensity needs held-out pairs whose positive and negative examples "
+                                        "share a prompt (the val split and ood_* files have none); use "
+                                        "steering.objective=judge or steering.objective=scorer")
+    return prep
+
+
+def resolve_layers(cfg: SteerConfig, prep: Prepared, n_layers: int) -> dict[int, VectorRef]:
+    """The requested layers, each with its vector; a requested layer without a vector is an error."""
+    by_layer = {r.layer: r for r in prep.refs}
+    best = None
+    if "best" in str(cfg.layers):
+        ref = best_vector(prep.trait.qualified_name, cfg.model, experiment=cfg.tracking.experiment,
+                          uri=cfg.tracking.uri, method=cfg.method.name, component=cfg.component.name,
+                          position=cfg.position.spec)
+        best = ref.layer if ref else None
+        if ref is not None:
+            log.info("best layer %d (%s)", ref.layer, ref.reason or ref.source)
+    layers = parse_layers(cfg.layers, n_layers, best=best)
+    missing = [lyr for lyr in layers if lyr not in by_layer]
+    if missing:
+        raise ConfigError("layers", f"{cfg.layers!r} asks for layers {_ranges(missing)} that have no extracted "
+                                    f"vector (method={cfg.method.name}, component={cfg.component.name}, "
+                                    f"position={cfg.position.spec!r}); vectors exist for layers "
+                                    f"{_ranges(sorted(by_layer))}: pass layers='{_ranges(sorted(by_layer))}' or "
+                                    f"extract those layers first")
+    return {lyr: by_layer[lyr] for lyr in layers}
+
+
+def _ranges(layers: list[int]) -> str:
+    out, start, prev = [], None, None
+    for x in list(layers) + [None]:
+        if start is not None and (x is None or x != prev + 1):
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if x is not None and start is None:
+            start = x
+        prev = x
+    return ",".join(out)
+
+
+def build_judge(jcfg: dict[str, Any], lm: LoadedModel | None) -> Any:
+    """The judge; an in-process judge (or perplexity scorer) reuses the loaded model when it is the same one."""
+    from traitlab.judge import make_judge
+
+    backend, name = jcfg["backend"], jcfg.get("model")
+    if backend == "perplexity":   # null model: the steered model judges its own steered answers, unsteered
+        same = lm is not None and (name is None or identity_of(name).key == lm.identity.key)
+    elif backend == "hf_local":
+        same = lm is not None and identity_of(name or "smollm2_135m").key == lm.identity.key
+    else:                         # only a perplexity coherence combined with a remote judge runs in process
+        same = lm is not None
+    return make_judge(jcfg, model=lm if same else None)
+
+
+def _gen(cfg: SteerConfig) -> GenerationConfig:
+    s = cfg.steering
+    return GenerationConfig(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, do_sample=s.do_sample,
+                            temperature=s.temperature, top_p=s.top_p)
