@@ -121,6 +121,8 @@ class SteeringConfig:
     prompted_system_prompt: str | None = None  # null: the trait's first positive (negative if direction<0)
     study: StudyConfig = field(default_factory=StudyConfig)
     capability: CapabilityConfig = field(default_factory=CapabilityConfig)
+    entanglement: Any = None           # null | registry (every other trait with vectors for this model) | [traits]:
+    #                                    the chosen coefficient's propensity shift on each one's held-out pairs
     max_capability_drop: float | None = None  # a trial whose accuracy falls more than this (0-1, steered minus
     #                                           unsteered, point estimate) is infeasible, beside coherence
 

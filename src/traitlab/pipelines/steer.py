@@ -40,6 +40,7 @@ from traitlab.pipelines import coef_search as cs
 from traitlab.pipelines import steer_modes as modes
 from traitlab.pipelines import steer_results as out
 from traitlab.pipelines.common import model_key
+from traitlab.pipelines.steer_entangle import entanglement_examples, measure_entanglement
 from traitlab.pipelines.steer_measures import (
     CAPABILITY,
     PROPENSITY,
@@ -222,6 +223,8 @@ def _settings_key(s: Any) -> dict[str, Any]:
     if not s.capability.enabled:
         out.pop("capability")
         out.pop("max_capability_drop")
+    if not s.entanglement:
+        out.pop("entanglement")
     return out
 
 
@@ -273,6 +276,7 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
     prep = validate_inputs(cfg)
     if cfg.mode == "rescore":
         return _run_rescore(cfg, prep, parent_run_id, judge)
+    entangle = entanglement_examples(cfg, prep.trait.qualified_name) if cfg.mode == "search" else {}
     lm = lm or load_model(cfg.model)
     refs: dict[int, VectorRef] = {}
     vectors: dict[int, torch.Tensor] = {}
@@ -308,6 +312,10 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
                 res.per_layer, steered, info = run_search_mode(lm, cfg, prep, m, vectors, refs, res)
                 rows += steered
                 out.log_studies(run, info)
+                best = res.best_layer
+                if entangle and best is not None:
+                    res.entanglement = measure_entanglement(lm, cfg, entangle, prep.trait.qualified_name, best,
+                                                            vectors[best], res.per_layer[best].best["coefficient"])
         elif cfg.mode == "ablation":
             res.ablation, ablated = modes.run_ablation_mode(m, vectors, res.baselines, prep.prompted_system,
                                                             cfg.component.name)

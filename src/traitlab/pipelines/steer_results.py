@@ -90,6 +90,7 @@ class SteerResult:
     n_pairs: dict[str, int] = field(default_factory=dict)        # held-out pairs by source (val, ood)
     stopped: str | None = None                                   # why the search did not run trials
     warnings: list[str] = field(default_factory=list)
+    entanglement: list[dict[str, Any]] = field(default_factory=list)  # steer_entangle.measure_entanglement rows
 
     @property
     def best_layer(self) -> int | None:
@@ -329,10 +330,11 @@ def log_summary(run: JobRun, res: SteerResult) -> None:
     """The table, the response browser and the figures as artifacts, and the verdict as the run's description
     (best layer, delta with its interval, against the prompted baseline, capability, sample sizes)."""
     from traitlab.tracking.notes import set_run_note
-    from traitlab.tracking.steer_report import log_report, verdict_note
+    from traitlab.tracking.steer_report import log_entanglement, log_report, verdict_note
 
     run.log_text(res.summary_table() + "\n", TABLE_FILE)
     log_report(run, res, f"Steering {res.trait} ({res.mode})", res._header().split("\n"))
+    log_entanglement(run, res)
     note = verdict_note(res)
     if res.warnings:
         note += "\n\n" + "\n".join(f"- {w}" for w in res.warnings)

@@ -106,6 +106,9 @@ def verdict_note(res: Any, seed: int = 0, n_boot: int = 2000) -> str:
     cap = capability_line(res, trial)
     if cap:
         lines.append(cap)
+    if res.entanglement:
+        lines.append("Propensity shift at the chosen coefficient, per trait (steered minus unsteered): " + "; ".join(
+            f"{r['measured']} {_ci(r['delta'], r['low'], r['high'], r['n'])}" for r in res.entanglement) + ".")
     n_q = len(res.baselines["unsteered"].responses) if "unsteered" in res.baselines else 0
     pairs = ", ".join(f"{n} {k}" for k, n in res.n_pairs.items())
     trials = sum(len(r.trials) for r in res.per_layer.values())
@@ -322,3 +325,67 @@ def log_report(run: Any, res: Any, title: str, meta: Sequence[str] = ()) -> None
         run.log_figure(fig, path)
     if res.rows:
         run.log_text(render_steering_report(report_data(res, title, meta)), REPORT_FILE)
+
+
+# ---------------------------------------------------------------------------------------------- entanglement
+
+ENTANGLEMENT_TABLE = "tables/entanglement.json"
+ENTANGLEMENT_TAG = "traitlab.entanglement"
+
+
+def entanglement_matrix(rows: Sequence[dict[str, Any]]) -> Any:
+    """EntanglementMatrix from rows {steered, measured, delta, low, high, n}: steered traits first, in order."""
+    from traitlab.core.side_effects import EntanglementMatrix
+
+    order = list(dict.fromkeys([r["steered"] for r in rows] + [r["measured"] for r in rows]))
+    shifts = {(r["steered"], r["measured"]): Interval(r["delta"], r["low"], r["high"], int(r["n"])) for r in rows}
+    return EntanglementMatrix.from_shifts(shifts, traits=order, measure="propensity shift")
+
+
+def stored_entanglement(client: Any, experiment_id: str, model: str, skip_trait: str) -> list[dict[str, Any]]:
+    """The rows of the newest finished steer run of every other steered trait on `model` that measured them."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    filt = (f"tags.`traitlab.stage` = 'steer' and tags.`{ENTANGLEMENT_TAG}` = 'true' and "
+            f"tags.model = '{model}' and attributes.status = 'FINISHED'")
+    runs = client.search_runs([experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"],
+                              max_results=500)
+    seen, out = {skip_trait}, []
+    for r in runs:
+        trait = r.data.tags.get("trait")
+        if trait in seen:
+            continue
+        seen.add(trait)
+        with tempfile.TemporaryDirectory() as tmp:
+            doc = json.loads(Path(client.download_artifacts(r.info.run_id, ENTANGLEMENT_TABLE, tmp)).read_text())
+        out += [dict(zip(doc["columns"], row, strict=True)) for row in doc["data"]]
+    return out
+
+
+def log_entanglement(run: Any, res: Any) -> None:
+    """This run's row (table, `entanglement/<measured>_delta{,_lo,_hi}` and n metrics) and the model's trait x
+    trait matrix (this run's row plus the newest stored row of every other trait), as figure and table."""
+    from traitlab.viz.figures import entanglement_figure
+
+    rows = res.entanglement
+    if not rows:
+        return
+    run.log_table({k: [r[k] for r in rows] for k in rows[0]}, ENTANGLEMENT_TABLE)
+    m: dict[str, float] = {}
+    for r in rows:
+        name = f"entanglement/{r['measured']}"
+        for suffix, key in (("_delta", "delta"), ("_delta_lo", "low"), ("_delta_hi", "high")):
+            if _finite(r[key]):
+                m[name + suffix] = float(f"{r[key]:.4g}")
+        m[f"entanglement/n_{r['measured']}"] = r["n"]
+    run.log_metrics(m)
+    run.set_tag(ENTANGLEMENT_TAG, "true")
+    info = run.client.get_run(run.run_id)
+    others = stored_entanglement(run.client, info.info.experiment_id, info.data.tags.get("model", ""), res.trait)
+    matrix = entanglement_matrix(list(rows) + others)
+    run.log_figure(entanglement_figure(matrix, f"propensity shift at each trait's chosen coefficient "
+                                               f"({len(matrix.traits)} traits)"), f"{FIGURES}/entanglement_matrix.png")
+    table = matrix.rows()
+    run.log_table({k: [r[k] for r in table] for k in table[0]}, "tables/entanglement_matrix.json")
