@@ -34,12 +34,14 @@ def steered(smollm2, tmp_path_factory):
         mp.setenv("TRAITLAB_OUTPUTS", str(root / "outputs"))
         run_extract(ExtractConfig(trait=TraitConfig(name=TRAIT), method=MethodConfig(name="mean_diff"), layers="10",
                                   tracking=TrackingConfig(experiment="report")), lm=smollm2)
-        # max_capability_drop=0: any trial that loses an item is infeasible, whatever its coherence
+        # max_capability_drop=0.25: a trial that loses more than one of the 4 items is infeasible, whatever its
+        # coherence
         cfg = SteerConfig(trait=TraitConfig(name=TRAIT), method=MethodConfig(name="mean_diff"), layers="10",
                           steering=SteeringConfig(n_questions=2, steps=3, max_new_tokens=10, start_mult=0.5,
                                                   propensity=PropensityConfig(max_pairs=4),
                                                   capability=CapabilityConfig(set="starter", n_items=N_ITEMS),
-                                                  max_capability_drop=0.0),
+                                                  max_capability_drop=0.25,
+                                                  entanglement=["starter/formality"]),
                           tracking=TrackingConfig(experiment="report"))
         yield run_steer(cfg, lm=smollm2), MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
 
@@ -54,7 +56,24 @@ def test_capability_is_measured_and_constrains_the_search(steered, smollm2):
     for t in trials:
         cap = t["capability"]
         assert cap["n"] == N_ITEMS and cap["delta"] == pytest.approx(cap["accuracy"] - direct.accuracy)
-        assert t["feasible"] == (t["coherence"] >= res.threshold and cap["delta"] >= 0)
+        assert t["feasible"] == (t["coherence"] >= res.threshold and cap["delta"] >= -0.25)
+
+
+def test_entanglement_row_measures_the_steered_trait_as_the_search_did(steered):
+    res, client = steered
+    best = res.per_layer[10].best
+    assert best is not None, "no feasible trial: the entanglement row is only measured at a chosen coefficient"
+    rows = {r["measured"]: r for r in res.entanglement}
+    assert list(rows) == ["starter/optimism", "starter/formality"]
+    # the diagonal is the steered trait's own propensity shift on the same held-out pairs, measured again in a
+    # different batch: it equals the search's delta (optimism steers toward the trait, direction +1)
+    d = best["deltas"]["propensity"]
+    assert rows["starter/optimism"]["n"] == d["n"] == 4
+    assert rows["starter/optimism"]["delta"] == pytest.approx(d["delta"], abs=1e-3)
+    assert rows["starter/formality"]["n"] == 4 and rows["starter/formality"]["coefficient"] == best["coefficient"]
+    m = client.get_run(res.run_id).data.metrics
+    assert m["entanglement/starter/formality_delta"] == pytest.approx(rows["starter/formality"]["delta"], rel=1e-3)
+    assert "Propensity shift at the chosen coefficient" in client.get_run(res.run_id).data.tags["mlflow.note.content"]
 
 
 def test_metrics_note_and_report(steered):
