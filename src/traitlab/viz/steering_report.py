@@ -26,16 +26,11 @@ import math
 from typing import Any
 
 from traitlab.errors import DataError
-from traitlab.viz.token_view import _csp, _esc, page_head
+from traitlab.viz.token_view import PAGE_STYLE, _csp, _esc, page_head
 
 __all__ = ["render_steering_report"]
 
-_STYLE = """
-:root { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; font-size: 14px; color: #111; }
-body { margin: 12px 16px; background: #fff; }
-h1 { font-size: 17px; margin: 0 0 4px; }
-h2 { font-size: 15px; margin: 18px 0 6px; }
-.meta { color: #444; font-size: 13px; margin: 2px 0; }
+_STYLE = PAGE_STYLE + """.meta { color: #444; font-size: 13px; margin: 2px 0; }
 .verdict { font-size: 14px; margin: 8px 0; padding: 6px 8px; background: #f6f8fa; border-left: 3px solid #555; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
