@@ -177,3 +177,12 @@ def test_figures_cover_every_view_including_the_frontier_when_capability_is_meas
     res.baselines["unsteered"].capability = None
     assert "figures/frontier_layer_010.png" not in R.figures(res)
 
+
+
+def test_best_delta_by_layer_includes_zero_and_the_prompted_band():
+    # the old figure autoscaled to its one or two values (0.7-1.1), so noise looked like a trend
+    ax = R.figures(result())["figures/best_delta_by_layer.png"].axes[0]
+    lo, hi = ax.get_ylim()
+    assert lo <= 0 and hi >= 0.5
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert "steered, best coherent (n=4)" in labels and "prompted (n=4)" in labels and "chosen layer 10" in labels
