@@ -186,3 +186,10 @@ def test_best_delta_by_layer_includes_zero_and_the_prompted_band():
     assert lo <= 0 and hi >= 0.5
     labels = [ln.get_label() for ln in ax.get_lines()]
     assert "steered, best coherent (n=4)" in labels and "prompted (n=4)" in labels and "chosen layer 10" in labels
+
+
+def test_summary_table_gives_the_capability_change_at_the_best_coefficient():
+    table = result().summary_table()
+    d = paired_accuracy_difference(STEER_CAP.correct, BASE_CAP.correct)
+    assert "capability change [95% CI]" in table
+    assert f"40.0% (-20.0 points [{100 * d.low:+.1f}, {100 * d.high:+.1f}], n=10)" in table

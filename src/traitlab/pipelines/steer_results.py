@@ -111,6 +111,9 @@ class SteerResult:
         cols = (["layer", "coef (x base)", "coherence", f"{self.objective} delta [95% CI]", "prompted delta"]
                 + [f"{m} delta [95% CI]" for m in others]
                 + ["steerability [95% CI]", "anti-steerable", "coherent / trials"])
+        with_cap = any((r.best or {}).get("capability") for r in self.per_layer.values())
+        if with_cap:
+            cols.append("capability change [95% CI]")
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         prompted = self.prompted.get(self.objective)
         for lyr in sorted(self.per_layer):
@@ -128,6 +131,11 @@ class SteerResult:
                                               f"{_num(st.interval.high)}]",
                       "-" if st is None else _fmt(st.anti_steerable, ".2f"),
                       f"{sum(t['feasible'] for t in r.trials)} / {len(r.trials)}"]
+            if with_cap:
+                c = b.get("capability")
+                cells.append("-" if not c else f"{100 * c['accuracy']:.1f}% ({100 * c['delta']:+.1f} points "
+                                               f"[{100 * c['delta_low']:+.1f}, {100 * c['delta_high']:+.1f}], "
+                                               f"n={c['n']})")
             lines.append("| " + " | ".join(cells) + " |")
         for lyr in sorted(self.ablation):
             a = self.ablation[lyr]
