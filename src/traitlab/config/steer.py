@@ -78,6 +78,22 @@ class PropensityConfig:
 
 
 @dataclass
+class CapabilityConfig:
+    """Multiple-choice accuracy measured unsteered, prompted and at every tried coefficient (one batched
+    forward pass per round, no generation). Off while `set` and `path` are both null."""
+
+    set: str | None = None             # a set under datasets/capability/ (starter), or
+    path: str | None = None            # a user's file in MMLU's column layout (csv or jsonl)
+    n_items: int | None = 40           # the first N items (null: all)
+    scoring: str = "text"              # text (option text log-prob; small models) | letter (MMLU's standard)
+    batch_size: int = 32               # forward rows (setting x item x option), halves on out-of-memory
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.set or self.path)
+
+
+@dataclass
 class SteeringConfig:
     """conf/steering/default.yaml."""
 
@@ -104,6 +120,11 @@ class SteeringConfig:
     top_p: float = 1.0
     prompted_system_prompt: str | None = None  # null: the trait's first positive (negative if direction<0)
     study: StudyConfig = field(default_factory=StudyConfig)
+    capability: CapabilityConfig = field(default_factory=CapabilityConfig)
+    entanglement: Any = None           # null | registry (every other trait with vectors for this model) | [traits]:
+    #                                    the chosen coefficient's propensity shift on each one's held-out pairs
+    max_capability_drop: float | None = None  # a trial whose accuracy falls more than this (0-1, steered minus
+    #                                           unsteered, point estimate) is infeasible, beside coherence
 
 
 @dataclass

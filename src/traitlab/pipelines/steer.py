@@ -40,10 +40,13 @@ from traitlab.pipelines import coef_search as cs
 from traitlab.pipelines import steer_modes as modes
 from traitlab.pipelines import steer_results as out
 from traitlab.pipelines.common import model_key
+from traitlab.pipelines.steer_entangle import entanglement_examples, measure_entanglement
 from traitlab.pipelines.steer_measures import (
+    CAPABILITY,
     PROPENSITY,
     TRAIT,
     Measurer,
+    capability_summary,
     deltas,
     heldout_pairs,
     scorer_measure,
@@ -84,6 +87,9 @@ def search_settings(cfg: SteerConfig, prep: Prepared, lm_key: str) -> dict[str, 
         out["tpe_startup_trials"] = s.tpe_startup_trials
     else:
         out["steps"] = s.steps  # the grid itself depends on how many points
+    if prep.choice_items:  # only then, so studies without capability keep their names
+        out["capability"] = {"set": prep.choice_set, "n_items": len(prep.choice_items),
+                             "scoring": s.capability.scoring, "max_drop": s.max_capability_drop}
     return out
 
 
@@ -92,7 +98,7 @@ def study_name(ref: VectorRef, settings_hash: str) -> str:
             f"{settings_hash[:10]}")
 
 
-def _evaluator(m: Measurer, res: SteerResult, seed: int, n_boot: int) -> cs.Evaluate:
+def _evaluator(m: Measurer, res: SteerResult, seed: int, n_boot: int, max_drop: float | None) -> cs.Evaluate:
     base = res.baselines["unsteered"]
     counter = {"round": 0}
 
@@ -109,9 +115,16 @@ def _evaluator(m: Measurer, res: SteerResult, seed: int, n_boot: int) -> cs.Eval
             lost = max((d.lost for name, d in ds.items() if name != PROPENSITY), default=0)
             attrs = {"responses": rows, "margins": smp.margins, "lost_questions": lost,
                      "deltas": {name: d.as_dict() for name, d in ds.items()}}
-            outcomes.append(cs.Outcome(obj.mean if obj.n else None, smp.mean_coherence, attrs))
-            log.info("round %d  layer %d  coef %.3g  %s delta %s  coherence %s%s", counter["round"], c.layer,
+            cap = capability_summary(smp.capability, base.capability)
+            constraints = {}
+            if cap is not None:
+                attrs["capability"] = cap
+                if max_drop is not None:  # drop = unsteered - steered accuracy (point estimate)
+                    constraints[CAPABILITY] = -cap["delta"] - max_drop
+            outcomes.append(cs.Outcome(obj.mean if obj.n else None, smp.mean_coherence, attrs, constraints))
+            log.info("round %d  layer %d  coef %.3g  %s delta %s  coherence %s%s%s", counter["round"], c.layer,
                      c.coefficient, res.objective, obj, out._fmt(smp.mean_coherence),
+                     f"  capability {cap['accuracy']:.3f} (change {cap['delta']:+.3f})" if cap else "",
                      f"  (lost {lost} question(s))" if lost else "")
         return outcomes
 
@@ -127,6 +140,8 @@ def _layer_result(s: cs.SearchStudy, res: SteerResult, seed: int, n_boot: int) -
         row = trial_row(t.number, u.get("coefficient_signed"), u.get("coherence"), t.value, cs.is_feasible(t),
                         t.state.name, u.get("deltas"), u.get("margins"))
         row["lost_questions"] = u.get("lost_questions", 0)
+        row["capability"] = u.get("capability")
+        row["responses"] = u.get("responses", [])
         lr.trials.append(row)
     best = cs.best_trial(s.study)
     if best is not None:
@@ -173,7 +188,7 @@ def run_search_mode(lm: LoadedModel, cfg: SteerConfig, prep: Prepared, m: Measur
     todo = sum(x.remaining() for x in studies)
     log.info("search: %d layer(s) x %d trial(s) (%d to run), %s sampler, objective %s, studies in %s", len(studies),
              target, todo, s.sampler, res.objective, path)
-    cs.run_search(studies, _evaluator(m, res, cfg.seed, s.bootstrap), per_step=s.trials_per_step,
+    cs.run_search(studies, _evaluator(m, res, cfg.seed, s.bootstrap, s.max_capability_drop), per_step=s.trials_per_step,
                   threshold=prep.threshold, heartbeat_interval=s.study.heartbeat_interval,
                   on_round=lambda _rounds, _asked: faults.maybe_fail("trial"))
     per_layer = {x.layer: _layer_result(x, res, cfg.seed, s.bootstrap) for x in studies}
@@ -198,8 +213,19 @@ def job_key(cfg: SteerConfig, prep: Prepared, lm_key: str, refs: dict[int, Vecto
     s = cfg.steering
     return content_hash("steer-v2", cfg.mode, lm_key, prep.trait.fingerprint(), prep.questions, prep.direction,
                         prep.prompted_system, prep.judge_id, {lyr: r.run_id for lyr, r in refs.items()},
-                        cfg.component.name, cfg.position.spec, cfg.method.name, asdict(s) | {"study": None}, cfg.seed,
+                        cfg.component.name, cfg.position.spec, cfg.method.name, _settings_key(s), cfg.seed,
                         prep.split, extra)
+
+
+def _settings_key(s: Any) -> dict[str, Any]:
+    """steering.* as it decides a run's results; capability only when on, so older runs keep their keys."""
+    out = asdict(s) | {"study": None}
+    if not s.capability.enabled:
+        out.pop("capability")
+        out.pop("max_capability_drop")
+    if not s.entanglement:
+        out.pop("entanglement")
+    return out
 
 
 def comparison_key(cfg: SteerConfig, prep: Prepared) -> str:
@@ -250,6 +276,7 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
     prep = validate_inputs(cfg)
     if cfg.mode == "rescore":
         return _run_rescore(cfg, prep, parent_run_id, judge)
+    entangle = entanglement_examples(cfg, prep.trait.qualified_name) if cfg.mode == "search" else {}
     lm = lm or load_model(cfg.model)
     refs: dict[int, VectorRef] = {}
     vectors: dict[int, torch.Tensor] = {}
@@ -272,8 +299,9 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
             res.skipped = True
             return res
         pairs = heldout_pairs(lm, prep.pair_examples, prep.split.get("seed", cfg.seed)) if prep.pair_examples else []
+        c = cfg.steering.capability
         m = Measurer(lm, prep.trait, prep.questions, judge, prep.scorer, pairs, _gen(cfg), cfg.component.name,
-                     cfg.seed, p.batch_size, p.max_response_tokens)
+                     cfg.seed, p.batch_size, p.max_response_tokens, prep.choice_items, c.scoring, c.batch_size)
         rows = _measure_baselines(m, cfg, prep, res)
         if cfg.mode == "search":
             res.stopped = out.cannot_succeed(res, prep.judge_cfg["backend"])
@@ -284,6 +312,10 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
                 res.per_layer, steered, info = run_search_mode(lm, cfg, prep, m, vectors, refs, res)
                 rows += steered
                 out.log_studies(run, info)
+                best = res.best_layer
+                if entangle and best is not None:
+                    res.entanglement = measure_entanglement(lm, cfg, entangle, prep.trait.qualified_name, best,
+                                                            vectors[best], res.per_layer[best].best["coefficient"])
         elif cfg.mode == "ablation":
             res.ablation, ablated = modes.run_ablation_mode(m, vectors, res.baselines, prep.prompted_system,
                                                             cfg.component.name)
