@@ -36,6 +36,7 @@ class Row:
     delta_at: float
     prompted: object              # steer_measures.Delta: the trait's system prompt, no steering
     n_pairs: int
+    diagnostics: dict[str, float]  # extraction's pre-flight diagnostics at the best layer, with cv_effect_size
 
 
 def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_questions: int = 4,
@@ -52,7 +53,7 @@ def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_q
     from traitlab.judge.cheap import PerplexityCoherence
     from traitlab.models.chat import format_prompt
     from traitlab.models.steering import activation_norms
-    from traitlab.pipelines.extract import run_extract
+    from traitlab.pipelines.extract import fit_trait
     from traitlab.pipelines.steer_measures import (
         PROPENSITY,
         Measurer,
@@ -63,16 +64,12 @@ def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_q
 
     cfg = ExtractConfig(trait=TraitConfig(name=trait_name), method=MethodConfig(name="mean_diff"), layers="all",
                         tracking=TrackingConfig(experiment=experiment), seed=seed)
-    ex = run_extract(cfg, lm=lm)
-    if ex.skipped:  # finished before: re-run in memory is not needed, the registry has the vectors
-        from traitlab.tracking.registry import fetch_vector, find_vectors
-
-        refs = find_vectors(trait_name, lm, method="mean_diff", experiment=experiment)
-        by_layer = {r.layer: r for r in refs}
-        best = int(max(by_layer, key=lambda lyr: by_layer[lyr].metrics.get("val_effect_size", -math.inf)))
-        vector = fetch_vector(by_layer[best], experiment=experiment)
-    else:
-        best, vector = ex.best_layer, ex.vectors[ex.best_layer]
+    # Stage 1 without MLflow (activations cached): the best layer by the extraction's own selection rule
+    # (cv_effect_size with folds) and the pre-flight diagnostics there.
+    ex = fit_trait(cfg, lm)
+    best = ex.best_layer
+    vector = ex.vectors[best]
+    diag = {**ex.diagnostics(best), "cv_effect_size": ex.metrics[best].get(ex.selection, math.nan)}
     trait = load_trait(resolve_trait_dir(trait_name))
     direction = trait.steering.direction
     questions = trait.steering.questions[:n_questions]
@@ -101,7 +98,7 @@ def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_q
                   None)
     prompted = m.propensities([None], system_prompt=system)[0]
     pdelta = paired_delta(prompted, by_x[0.0].items(PROPENSITY, None), direction, seed=seed, n_boot=2000)
-    return Row(trait_name, best, base, coherent, st, delta, top, pdelta, len(pairs))
+    return Row(trait_name, best, base, coherent, st, delta, top, pdelta, len(pairs), diag)
 
 
 def _ci(d) -> str:
@@ -121,15 +118,77 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def report(traits=TRAITS, experiment: str = "steerability-report") -> list[Row]:
+# Diagnostics that might predict steerability, as (label, value from the row). Length ones are magnitudes: a
+# confound in either direction is a confound.
+PREDICTORS = (
+    ("agreement", lambda d: d.get("agreement", math.nan)),
+    ("separation", lambda d: d.get("separation", math.nan)),
+    ("cv_effect_size", lambda d: d.get("cv_effect_size", math.nan)),
+    ("length imbalance max(r, 1/r)", lambda d: max(d.get("length_ratio", math.nan), 1 / d.get("length_ratio", math.nan))),
+    ("|length_cos|", lambda d: abs(d.get("length_cos", math.nan))),
+    ("|length_corr_within|", lambda d: abs(d.get("length_corr_within", math.nan))),
+)
+
+
+def diagnostics_table(rows: list[Row]) -> str:
+    lines = ["| trait | best layer | agreement | separation | cv_effect_size | length pos/neg (tokens) | length_cos "
+             "| length_corr_within | steerability |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r.diagnostics
+        lines.append(f"| {r.trait} | {r.layer} | {d.get('agreement', math.nan):.3f} | {d.get('separation', math.nan):.2f} "
+                     f"| {d.get('cv_effect_size', math.nan):.2f} | {d.get('length_pos', math.nan):.0f}/"
+                     f"{d.get('length_neg', math.nan):.0f} ({d.get('length_ratio', math.nan):.2f}x) "
+                     f"| {d.get('length_cos', math.nan):+.2f} | {d.get('length_corr_within', math.nan):+.2f} "
+                     f"| {r.steerability.steerability:.3f} |")
+    return "\n".join(lines)
+
+
+def spearman_exact(x, y) -> tuple[float, float]:
+    """Spearman's rho and its exact two-sided permutation p-value (all n! orderings; n <= 8). NaN when a
+    value is missing or a side is constant."""
+    from itertools import permutations
+
+    import numpy as np
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or not (np.isfinite(x).all() and np.isfinite(y).all()) or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    rx, ry = rankdata(x), rankdata(y)
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    null = np.array([np.corrcoef(rx, np.asarray(p))[0, 1] for p in permutations(ry)])
+    return rho, float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
+
+
+def prediction_table(rows: list[Row]) -> str:
+    """How well each diagnostic ranked the traits' steerability (Spearman over the traits, exact p-value)."""
+    y = [r.steerability.steerability for r in rows]
+    lines = [f"| diagnostic | Spearman rho with steerability (n = {len(rows)} traits) | exact permutation p |",
+             "|---|---|---|"]
+    for label, get in PREDICTORS:
+        rho, p = spearman_exact([get(r.diagnostics) for r in rows], y)
+        lines.append(f"| {label} | {rho:+.2f} | {p:.2f} |")
+    return "\n".join(lines)
+
+
+def report(traits=TRAITS, experiment: str = "steerability-report", **kwargs) -> list[Row]:
+    """`kwargs` go to measure_trait (max_pairs, n_questions, max_new_tokens, seed)."""
     from traitlab.models.loading import load_model
 
     lm = load_model("smollm2_135m")
     rows = []
     for t in traits:
-        rows.append(measure_trait(lm, t, experiment))
+        rows.append(measure_trait(lm, t, experiment, **kwargs))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
+    print()
+    print(diagnostics_table(rows))
+    if len(rows) >= 3:
+        print()
+        print(prediction_table(rows))
+        if len(rows) < 8:
+            print(f"\nWith {len(rows)} traits only |rho| near 1 is distinguishable from chance (the p column); "
+                  "smaller correlations are noise.")
     return rows
 
 
