@@ -16,8 +16,11 @@ or from Python: `report(["starter/optimism"])` returns the rows and prints the t
 from __future__ import annotations
 
 import math
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 GRID = (-0.3, -0.15, 0.15, 0.3, 0.45)   # coefficient / base; 0 is the unsteered point
 THRESHOLD = 90.0                       # perplexity coherence, as steering's default for judge=perplexity
@@ -39,8 +42,27 @@ class Row:
     diagnostics: dict[str, float]  # extraction's pre-flight diagnostics at the best layer, with cv_effect_size
 
 
+def trimmed_copy(trait_name: str, max_examples: int, dst_root: Path) -> Path:
+    """A copy of the trait's directory with the first `max_examples` pairs (OOD files: a third of that, at least 4);
+    pairs are matched by line order, so the first lines of both sides stay pairs."""
+    from traitlab.data import resolve_trait_dir
+
+    src = resolve_trait_dir(trait_name)
+    dst = dst_root / trait_name
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.suffix == ".jsonl":
+            keep = max_examples if not f.name.startswith("ood_") else max(4, max_examples // 3)
+            lines = [ln for ln in f.read_text().splitlines() if ln.strip()][:keep]
+            (dst / f.name).write_text("\n".join(lines) + "\n")
+        elif f.is_file():
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
 def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_questions: int = 4,
-                  max_new_tokens: int = 24, seed: int = 42) -> Row:
+                  max_new_tokens: int = 24, seed: int = 42, max_examples: int | None = None) -> Row:
+    """`max_examples`: extract from the first N training pairs only (a cheaper, noisier vector; None: all)."""
     from traitlab.config.schema import (
         ExtractConfig,
         GenerationConfig,
@@ -62,7 +84,9 @@ def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_q
         paired_delta,
     )
 
-    cfg = ExtractConfig(trait=TraitConfig(name=trait_name), method=MethodConfig(name="mean_diff"), layers="all",
+    path = str(trimmed_copy(trait_name, max_examples, Path(tempfile.mkdtemp(prefix="steerability-")))) \
+        if max_examples else None
+    cfg = ExtractConfig(trait=TraitConfig(name=trait_name, path=path), method=MethodConfig(name="mean_diff"), layers="all",
                         tracking=TrackingConfig(experiment=experiment), seed=seed)
     # Stage 1 without MLflow (activations cached): the best layer by the extraction's own selection rule
     # (cv_effect_size with folds) and the pre-flight diagnostics there.
@@ -70,7 +94,7 @@ def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_q
     best = ex.best_layer
     vector = ex.vectors[best]
     diag = {**ex.diagnostics(best), "cv_effect_size": ex.metrics[best].get(ex.selection, math.nan)}
-    trait = load_trait(resolve_trait_dir(trait_name))
+    trait = load_trait(resolve_trait_dir(trait_name, path))
     direction = trait.steering.direction
     questions = trait.steering.questions[:n_questions]
     pairs = heldout_pairs(lm, heldout_examples(trait, cfg.extraction.val_split, seed, max_pairs=max_pairs), seed)
