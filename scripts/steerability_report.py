@@ -6,11 +6,14 @@ the propensity of the held-out pairs (extraction's val split, then OOD pairs) an
 the steered answers to the trait's steering questions. The coherent range is the run of grid points around 0
 whose coherence stays >= the threshold; over it: steerability (propensity slope per unit of base), the fraction
 of anti-steerable pairs, the slopes' spread, and the propensity delta at the largest coherent coefficient
-toward the trait, with its paired bootstrap 95% interval; beside it, the prompted baseline's delta.
+toward the trait, with its paired bootstrap 95% interval; beside it, the prompted baseline's delta. Then the
+extraction's pre-flight diagnostics at that layer (agreement, separation, cv_effect_size, length confounds) and
+each diagnostic's Spearman rank correlation with steerability over the traits, with its exact permutation p.
 
     PYTHONPATH=src .venv/bin/python scripts/steerability_report.py [trait ...]
 
-or from Python: `report(["starter/optimism"])` returns the rows and prints the table.
+or from Python: `report(["starter/optimism"])` returns the rows and prints the tables; on a busy machine
+`report(max_pairs=8, n_questions=3, max_new_tokens=20, max_examples=24)` (about 5 CPU-minutes for the six).
 """
 
 from __future__ import annotations
