@@ -117,6 +117,8 @@ class SteerConfig:
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     layers: Any = "30%-60%"          # layer DSL string or list
+    traits: list[str] | None = None  # mode=search over several traits together (their trials share batches);
+    #                                  each gets its own studies and steer run under one parent; `trait` unused
     mode: str = "search"             # search | baseline | ablation | rescore
     rescore_from: str | None = None  # mode=rescore: a steer run id (null: the newest matching one)
     seed: int = 42
