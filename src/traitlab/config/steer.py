@@ -13,7 +13,7 @@ from typing import Any
 from traitlab.config.schema import ComponentConfig, MethodConfig, PositionConfig, TrackingConfig, TraitConfig
 from traitlab.models.loading import ModelSpec
 
-MODES = ("search", "baseline", "ablation", "rescore")
+MODES = ("search", "baseline", "ablation", "rescore", "ensemble")
 SAMPLERS = ("adaptive", "tpe", "grid")
 OBJECTIVES = ("propensity", "judge", "scorer")
 
@@ -78,6 +78,19 @@ class PropensityConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """mode=ensemble: one weight per member vector (each layer of `layers`, x each method of `methods`), the
+    members added together, the weights searched by Optuna's CMA-ES against steering.objective."""
+
+    methods: list[str] | None = None  # other methods whose vectors join `method`'s: every method x layer is a member
+    trials: int = 16                  # weight vectors measured
+    popsize: int = 4                  # CMA-ES population: the candidates of one batched round
+    high: float = 1.0                 # each weight in [0, high], in units of base = ||h_layer|| / ||v||
+    start: float | None = None        # first weights (all equal); null: steering.start_mult / number of members
+    sigma0: float | None = None       # CMA-ES initial step size; null: high / 4
+
+
+@dataclass
 class SteeringConfig:
     """conf/steering/default.yaml."""
 
@@ -104,6 +117,7 @@ class SteeringConfig:
     top_p: float = 1.0
     prompted_system_prompt: str | None = None  # null: the trait's first positive (negative if direction<0)
     study: StudyConfig = field(default_factory=StudyConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 @dataclass
@@ -119,7 +133,7 @@ class SteerConfig:
     layers: Any = "30%-60%"          # layer DSL string or list
     traits: list[str] | None = None  # mode=search over several traits together (their trials share batches);
     #                                  each gets its own studies and steer run under one parent; `trait` unused
-    mode: str = "search"             # search | baseline | ablation | rescore
+    mode: str = "search"             # search | baseline | ablation | rescore | ensemble
     rescore_from: str | None = None  # mode=rescore: a steer run id (null: the newest matching one)
     seed: int = 42
     force: bool = False

@@ -25,14 +25,17 @@ from typing import Any
 
 import torch
 
-from traitlab.config.schema import TraitConfig
+from traitlab.config.schema import MethodConfig, TraitConfig
 from traitlab.config.steer import SteerConfig
 from traitlab.config.trait_overrides import apply_lookup_settings
 from traitlab.core.components import component_dim
 from traitlab.errors import ConfigError
 from traitlab.io import content_hash
+from traitlab.models.chat import format_prompt
 from traitlab.models.identity import model_tags
 from traitlab.models.loading import LoadedModel, load_model
+from traitlab.models.steering import activation_norms
+from traitlab.pipelines import steer_ensemble as ens
 from traitlab.pipelines import steer_modes as modes
 from traitlab.pipelines import steer_results as out
 from traitlab.pipelines import steer_search as search
@@ -154,11 +157,19 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
     prep = validate_inputs(cfg)
     if cfg.mode == "rescore":
         return _run_rescore(cfg, prep, parent_run_id, judge)
+    methods = {}  # mode=ensemble: the other member methods, each checked before the model loads
+    for name in (cfg.steering.ensemble.methods or []) if cfg.mode == "ensemble" else []:
+        if name != cfg.method.name:
+            c = replace(cfg, method=MethodConfig(name=name))
+            methods[name] = (c, validate_inputs(c))
     lm = lm or load_model(cfg.model)
-    refs, vectors = _vectors(cfg, prep, lm) if cfg.mode in ("search", "ablation") else ({}, {})
+    refs, vectors = _vectors(cfg, prep, lm) if cfg.mode in ("search", "ablation", "ensemble") else ({}, {})
+    by_method = {cfg.method.name: (refs, vectors)} | {n: _vectors(c, p, lm) for n, (c, p) in methods.items()}
     judge = judge or build_judge(prep.judge_cfg, lm)
     with ExitStack() as stack:
-        run, res = _open_job(stack, cfg, prep, lm, refs, parent_run_id)
+        run, res = _open_job(stack, cfg, prep, lm, refs, parent_run_id,
+                             extra=sorted((n, r.run_id) for n, (rs, _) in by_method.items() for r in rs.values())
+                             if methods else None)
         if res.skipped:
             return res
         m = _measurer(cfg, prep, lm, judge)
@@ -170,12 +181,34 @@ def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedMode
             res.per_layer, steered, info = search.collect(ts)
             rows += steered
             out.log_studies(run, info)
+        elif cfg.mode == "ensemble" and not _stopped(run, res, prep):
+            _run_ensemble(lm, cfg, prep, m, by_method, res, run)
         elif cfg.mode == "ablation":
             res.ablation, ablated = modes.run_ablation_mode(m, vectors, res.baselines, prep.prompted_system,
                                                             cfg.component.name)
             rows += ablated
         _finish(run, res, rows)
     return res
+
+
+def _run_ensemble(lm: LoadedModel, cfg: SteerConfig, prep: Prepared, m: Measurer,
+                  by_method: dict[str, tuple[dict[int, VectorRef], dict[int, Any]]], res: SteerResult,
+                  run: JobRun) -> None:
+    layers = sorted({lyr for _, vs in by_method.values() for lyr in vs})
+    texts = [format_prompt(lm.tokenizer, q, None, lm.use_chat_template) for q in prep.questions]
+    norms = activation_norms(lm, texts, layers, cfg.component.name)
+    members = [ens.Member(name, lyr, v, norms[lyr] / float(v.norm()), rs[lyr].run_id)
+               for name, (rs, vs) in by_method.items() for lyr, v in sorted(vs.items())]
+    found = ens.run_ensemble(cfg, prep, m, members, res, search.study_storage_path(cfg, prep.trait))
+    ens.log_ensemble(run, found, cfg, prep, model_tags(cfg.model))
+    if found.best is None:
+        res.warnings.append("no ensemble trial met the coherence threshold: no ensemble vector was logged")
+    else:
+        d = found.best["objective"]
+        log.info("best ensemble (trial %d): %s delta %.4g [%.4g, %.4g] (n=%d), coherence %.1f; weights %s",
+                 found.best["number"], prep.objective, d["delta"], d["low"], d["high"], d["n"],
+                 found.best["coherence"], ", ".join(f"{x.name}={w:.3f}" for x, w in zip(members, found.weights or [],
+                                                                                           strict=True)))
 
 
 def trait_configs(cfg: SteerConfig, command_line: Collection[str] | None) -> list[SteerConfig]:

@@ -110,12 +110,24 @@ def _check_settings(cfg: SteerConfig) -> None:
     if s.objective == PROPENSITY and p.max_pairs == 0:
         raise ConfigError("steering.propensity.max_pairs", "0 turns propensity off, but steering.objective is "
                                                             "propensity: give pairs or another objective")
+    e = s.ensemble
+    for key, value, ok, expected in (
+        ("steering.ensemble.trials", e.trials, e.trials >= 2, ">= 2"),
+        ("steering.ensemble.popsize", e.popsize, e.popsize >= 2, ">= 2"),
+        ("steering.ensemble.high", e.high, e.high > 0, "> 0"),
+        ("steering.ensemble.start", e.start, e.start is None or 0 < e.start <= e.high, "in (0, high] or null"),
+        ("steering.ensemble.sigma0", e.sigma0, e.sigma0 is None or e.sigma0 > 0, "> 0 or null"),
+    ):
+        if not ok:
+            raise ConfigError(key, f"{value} must be {expected}")
+    if e.methods is not None and (not e.methods or len(set(e.methods)) != len(e.methods)):
+        raise ConfigError("steering.ensemble.methods", f"{e.methods} must be distinct method names or null")
     if s.n_questions is not None and s.n_questions < 1:
         raise ConfigError("steering.n_questions", f"{s.n_questions} must be >= 1 or null (all questions)")
     if cfg.component.name not in COMPONENTS:
         raise ConfigError("component", f"'{cfg.component.name}' is not one of {', '.join(COMPONENTS)}")
     parse_position(cfg.position.spec)
-    if cfg.mode in ("search", "ablation"):
+    if cfg.mode in ("search", "ablation", "ensemble"):
         try:  # syntax now; the range once the model's depth is known
             parse_layers(cfg.layers, 10_000, best=0)
         except LayerSpecError as e:
@@ -222,7 +234,7 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
         check(spec.eval_prompt, trait.name)
     prep = Prepared(trait, questions, spec.direction, _prompted_system(cfg, trait, spec.direction), jcfg,
                     judge_identity(jcfg, trait), objective, coherence_threshold(cfg), scorer)
-    if cfg.mode in ("search", "ablation"):
+    if cfg.mode in ("search", "ablation", "ensemble"):
         prep.refs = find_vectors(trait.qualified_name, cfg.model, method=cfg.method.name,
                                  component=cfg.component.name, position=cfg.position.spec,
                                  experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
@@ -231,7 +243,7 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
                                          f"(method={cfg.method.name}, component={cfg.component.name}, "
                                          f"position={cfg.position.spec!r})")
     p = cfg.steering.propensity
-    if cfg.mode in ("search", "baseline") and p.max_pairs != 0:
+    if cfg.mode in ("search", "baseline", "ensemble") and p.max_pairs != 0:
         prep.split = _split_settings(cfg, prep.refs)
         prep.pair_examples = heldout_examples(trait, prep.split["val_split"], prep.split["seed"], ood=p.ood,
                                               max_pairs=p.max_pairs)
