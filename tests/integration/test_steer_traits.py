@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 
 from traitlab.config.schema import ExtractConfig, MethodConfig, TrackingConfig, TraitConfig
 from traitlab.config.steer import PropensityConfig, SteerConfig, SteeringConfig, StudyConfig
-from traitlab.models import steered_generation as sg
 from traitlab.pipelines.extract import run_extract
 from traitlab.pipelines.steer import run_steer, run_steer_traits
 
@@ -40,25 +39,13 @@ def cfg(root, name: str, trait: str | None = None, traits=None) -> SteerConfig:
                        tracking=TrackingConfig(experiment="multi", run_name=name), force=True)
 
 
-def _spy(monkeypatch):
-    calls = []
-    real = sg.generate_padded
-
-    def counting(*args, **kwargs):
-        calls.append(args[1].shape[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sg, "generate_padded", counting)
-    return calls
-
-
 def _trials(res):
     return [(t["coefficient"], t["coherence"], t["deltas"]["propensity"]["delta"], t["deltas"]["propensity"]["n"])
             for t in res.per_layer[10].trials]
 
 
-def test_traits_searched_together_equal_each_alone_with_fewer_generate_calls(store, smollm2, monkeypatch):
-    calls = _spy(monkeypatch)
+def test_traits_searched_together_equal_each_alone_with_fewer_generate_calls(store, smollm2, generate_calls):
+    calls = generate_calls
     together = run_steer_traits(cfg(store, "together", traits=TRAITS), lm=smollm2)
     n_together = len(calls)
     alone = {}

@@ -74,21 +74,14 @@ class LengthJudge:
         return [JudgeScore(trait=float(len(r.response)), coherence=50.0 + len(r.question)) for r in requests]
 
 
-def test_steered_together_uses_one_generate_call_and_matches_alone(tiny_lm, monkeypatch):
+def test_steered_together_uses_one_generate_call_and_matches_alone(tiny_lm, generate_calls):
     gen = GenerationConfig(max_new_tokens=6, batch_size=64)
     ma = Measurer(tiny_lm, TRAIT_A, QUESTIONS_A, LengthJudge(), None, _pairs(2, 0), gen, propensity_batch=8)
     mb = Measurer(tiny_lm, TRAIT_B, QUESTIONS_B, LengthJudge(), None, _pairs(3, 5), gen, propensity_batch=8)
     alone = [ma.steered(SETTINGS_A), mb.steered(SETTINGS_B)]
-    calls = []
-    real = sg.generate_padded
-
-    def counting(*args, **kwargs):
-        calls.append(args[1].shape[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sg, "generate_padded", counting)
+    generate_calls.clear()
     together = steered_together([(ma, SETTINGS_A), (mb, SETTINGS_B)])
-    assert calls == [len(SETTINGS_A) * 2 + len(SETTINGS_B) * 3]  # one batch with every trait's rows
+    assert generate_calls == [len(SETTINGS_A) * 2 + len(SETTINGS_B) * 3]  # one batch with every trait's rows
     for t, a in zip(together, alone, strict=True):
         assert [s.responses for s in t] == [s.responses for s in a]
         assert [s.coherence for s in t] == [s.coherence for s in a]
