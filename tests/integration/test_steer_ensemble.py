@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -33,7 +34,7 @@ def ensembled(tmp_path_factory, smollm2):
         run_extract(ExtractConfig(trait=TraitConfig(name=TRAIT), method=MethodConfig(name="mean_diff"), layers="8,10",
                                   tracking=TrackingConfig(experiment="ens")), lm=smollm2)
         s = SteeringConfig(n_questions=2, max_new_tokens=8, propensity=PropensityConfig(max_pairs=4),
-                           ensemble=EnsembleConfig(trials=4, popsize=2))
+                           ensemble=EnsembleConfig(trials=5, popsize=4))
         res = run_steer(SteerConfig(trait=TraitConfig(name=TRAIT), method=MethodConfig(name="mean_diff"), layers="8,10",
                                     mode="ensemble", steering=s, tracking=TrackingConfig(experiment="ens")), lm=smollm2)
         yield res, root
@@ -45,13 +46,15 @@ def test_ensemble_weights_are_searched_logged_and_the_vector_reproduces_the_best
     run = client.get_run(res.run_id)
     m = run.data.metrics
     assert run.data.tags["traitlab.steer_mode"] == "ensemble"
-    assert m["n_trials"] == 4 and m["n_members"] == 2
+    assert m["n_trials"] == 5 and m["n_members"] == 2
     client.download_artifacts(res.run_id, "ensemble", str(tmp_path))
     weights = json.loads((tmp_path / "ensemble" / "weights.json").read_text())
     trials = weights["trials"]
-    assert len({tuple(t["weights"]) for t in trials}) == 4          # CMA-ES proposed new weights each trial
     assert trials[0]["weights"] == [pytest.approx(0.15)] * 2         # the enqueued start: start_mult / 2 members
+    assert len({tuple(t["weights"]) for t in trials}) == 5          # then CMA-ES's own weights, all different
     assert all(t["objective"]["n"] == 4 for t in trials)             # every trial measured on the 4 held-out pairs
+    study = optuna.load_study(study_name=weights["study"], storage=f"sqlite:///{_storage(root)}")
+    assert all(any(k.startswith("cma:") for k in t.system_attrs) for t in study.trials[1:])  # CMA-ES chose them
     assert m["n_feasible"] >= 1, "no coherent trial: the test cannot check the vector"
     best = weights["best"]
     assert m["best/objective_delta"] == pytest.approx(best["objective"]["delta"])
@@ -82,3 +85,7 @@ def _trait():
     from traitlab.data import load_trait, resolve_trait_dir
 
     return load_trait(resolve_trait_dir(TRAIT))
+
+
+def _storage(root):
+    return next((root / "outputs" / "studies").rglob("optimism.db"))

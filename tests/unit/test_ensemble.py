@@ -45,3 +45,19 @@ def test_setting_scales_each_weight_by_its_base_and_drops_zero_weights():
     members = [Member("mean_diff", 8, v, 10.0, "r1"), Member("probe", 8, v, 2.0, "r2"), Member("mean_diff", 10, v, 5.0, "r3")]
     s = setting(members, [0.5, 0.0, 0.2], direction=-1)
     assert [(layer, c) for layer, _, c in s] == [(8, -5.0), (10, -1.0)]
+
+
+def test_ensemble_and_traits_settings_fail_before_the_model_loads():
+    from traitlab.config.steer import EnsembleConfig, SteerConfig, SteeringConfig
+    from traitlab.errors import ConfigError
+    from traitlab.pipelines.steer import trait_configs
+    from traitlab.pipelines.steer_prepare import _check_settings
+
+    with pytest.raises(ConfigError, match="steering.ensemble.popsize"):
+        _check_settings(SteerConfig(mode="ensemble", steering=SteeringConfig(ensemble=EnsembleConfig(popsize=2))))
+    with pytest.raises(ConfigError, match="steering.ensemble.start"):
+        _check_settings(SteerConfig(mode="ensemble", steering=SteeringConfig(ensemble=EnsembleConfig(start=2.0))))
+    with pytest.raises(ConfigError, match="traits"):
+        trait_configs(SteerConfig(traits=["starter/optimism"], mode="ablation"), None)
+    with pytest.raises(ConfigError, match="traits"):
+        trait_configs(SteerConfig(traits=["starter/optimism", "starter/optimism"]), None)

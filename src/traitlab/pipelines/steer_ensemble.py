@@ -7,7 +7,8 @@ as hard as the layer's typical activation norm whatever the vector's own norm; t
 direction * w_i * base_i * v_i. CMA-ES has no constraint handling, so an incoherent trial is told
 min(delta, 0) - (threshold - coherence): worse than every coherent trial that does not lower the trait, and
 worse the further it falls below the threshold. The best ensemble is the coherent trial with the highest delta.
-Each round asks `popsize` weight vectors (one CMA-ES generation) and measures them in ONE batched generate and
+The first trial (every weight = start) is measured alone, as a reference and CMA-ES's first observation; then
+each round asks `popsize` weight vectors (one CMA-ES generation) and measures them in ONE batched generate and
 shared propensity batches; the study lives in the trait's study storage, so an interrupted job resumes.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,20 +89,24 @@ def run_ensemble(cfg: SteerConfig, prep: Prepared, m: Measurer, members: list[Me
     names = [x.name for x in members]
     start = e.start if e.start is not None else min(e.high, s.start_mult / len(members))
     key = content_hash("steer-ensemble-v1", [(x.name, x.run_id) for x in members], e.high, start, e.popsize,
-                       e.sigma0, cfg.seed, prep.threshold, prep.objective, prep.questions,
+                       cfg.seed, prep.threshold, prep.objective, prep.questions,
                        [(p.prompt, p.response, n.response) for p, n, _ in prep.pair_examples], s.max_new_tokens)
     name = f"ensemble.{prep.trait.qualified_name.replace('/', '.')}.{key[:12]}"
     storage = cs.open_storage(storage_path, heartbeat_interval=s.study.heartbeat_interval,
                               grace_period=s.study.grace_period, max_retry=s.study.max_retry)
-    sampler = CmaEsSampler(x0=dict.fromkeys(names, start), sigma0=e.sigma0 or e.high / 4, seed=cfg.seed,
-                           popsize=e.popsize, n_startup_trials=1, warn_independent_sampling=False)
+    # CMA-ES starts at the middle of [0, high] with Optuna's step size (x0 / sigma0 are deprecated in Optuna 5);
+    # the enqueued first trial (all weights = start) is measured alone, so every later trial is CMA-ES's.
+    sampler = CmaEsSampler(seed=cfg.seed, popsize=e.popsize, n_startup_trials=1, warn_independent_sampling=False)
     study = cs.open_study(storage, name, sampler, {"members": names, "start": start}, enqueue=dict.fromkeys(names, start))
     cs.recover_stale([study], s.study.grace_period, s.study.heartbeat_interval)
     base = res.baselines["unsteered"]
     while (left := e.trials - len(cs.finished_trials(study))) > 0:
         asked = []
-        for _ in range(min(e.popsize, left)):
-            trial = study.ask()
+        started = any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+        for _ in range(min(e.popsize, left) if started else 1):
+            with warnings.catch_warnings():  # "heartbeat is meant for optimize": keep_alive does it here
+                warnings.simplefilter("ignore", UserWarning)
+                trial = study.ask()
             storage.record_heartbeat(trial._trial_id)
             asked.append((trial, [trial.suggest_float(n, 0.0, e.high) for n in names]))
         try:

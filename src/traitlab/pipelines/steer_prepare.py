@@ -113,10 +113,9 @@ def _check_settings(cfg: SteerConfig) -> None:
     e = s.ensemble
     for key, value, ok, expected in (
         ("steering.ensemble.trials", e.trials, e.trials >= 2, ">= 2"),
-        ("steering.ensemble.popsize", e.popsize, e.popsize >= 2, ">= 2"),
+        ("steering.ensemble.popsize", e.popsize, e.popsize >= 4, ">= 4 (CMA-ES needs two parents)"),
         ("steering.ensemble.high", e.high, e.high > 0, "> 0"),
         ("steering.ensemble.start", e.start, e.start is None or 0 < e.start <= e.high, "in (0, high] or null"),
-        ("steering.ensemble.sigma0", e.sigma0, e.sigma0 is None or e.sigma0 > 0, "> 0 or null"),
     ):
         if not ok:
             raise ConfigError(key, f"{value} must be {expected}")
