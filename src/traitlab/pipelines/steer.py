@@ -218,8 +218,12 @@ def trait_configs(cfg: SteerConfig, command_line: Collection[str] | None) -> lis
         raise ConfigError("traits", f"several traits are searched together in mode=search only, not {cfg.mode}")
     if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
         raise ConfigError("traits", f"{names} must be distinct trait names, e.g. [starter/optimism,starter/refusal]")
-    return [apply_lookup_settings(replace(cfg, trait=TraitConfig(name=n), traits=None), command_line)
-            for n in names]
+    def tracking(name: str) -> Any:  # children of a named run are told apart by their trait
+        run_name = cfg.tracking.run_name
+        return replace(cfg.tracking, run_name=f"{run_name}-{name.split('/')[-1]}") if run_name else cfg.tracking
+
+    return [apply_lookup_settings(replace(cfg, trait=TraitConfig(name=n), traits=None, tracking=tracking(n)),
+                                  command_line) for n in names]
 
 
 def run_steer_traits(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None,
