@@ -82,15 +82,18 @@ def test_top_spans_non_overlapping_across_sequences():
     assert [(s.start, s.stop, s.mean) for s in short] == [(0, 2, 1.5)]
 
 
-def test_paired_cohens_d_is_zero_for_identical_and_signed_otherwise():
+def test_paired_cohens_d_is_d_z_on_the_paired_differences():
+    """model_diff compares the same tokens under two models: the effect size is d_z = mean(b - a) / sd(b - a),
+    not the unpaired pooled d (which would read a consistent shift as small when tokens vary a lot)."""
     a = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert paired_cohens_d(a, a.clone()) == 0.0
-    b = a + 1.0
-    pooled = math.sqrt(((a - a.mean()) ** 2).sum().item() * 2 / 6)
-    assert paired_cohens_d(a, b) == pytest.approx(1.0 / pooled)
-    assert paired_cohens_d(b, a) == pytest.approx(-1.0 / pooled)
+    b = a + torch.tensor([1.0, 1.2, 0.8, 1.0])  # differences: mean 1.0, sd (ddof=1) sqrt(0.08 / 3)
+    assert paired_cohens_d(a, b) == pytest.approx(1.0 / math.sqrt(0.08 / 3))  # 6.12; pooled d would say 0.77
+    assert paired_cohens_d(b, a) == pytest.approx(-1.0 / math.sqrt(0.08 / 3))
+    assert math.isnan(paired_cohens_d(a, a + 1.0))  # a constant shift: no spread, d_z undefined
     with pytest.raises(AnalysisError, match="same tokens"):
         paired_cohens_d(a, a[:3])
+    b = a + 1.0
     assert token_deltas(a, b).tolist() == [1.0, 1.0, 1.0, 1.0]
 
 

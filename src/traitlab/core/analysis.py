@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from traitlab.core.metrics import effect_size
 from traitlab.core.vecmath import SCORE_MODES, derivative
 from traitlab.errors import ConfigError, TraitlabError
 
@@ -177,18 +176,24 @@ def top_spans(seqs: Sequence[Tensor], window: int, k: int, largest: bool = True)
 
 
 def paired_cohens_d(a: Tensor, b: Tensor) -> float:
-    """Cohen's d of variant b vs variant a on the same tokens: (mean b - mean a) / pooled sd.
+    """Cohen's d_z of variant b vs variant a on the same tokens: mean(b - a) / sd(b - a) (ddof=1).
 
-    The two score lists must be paired (same tokens, same order). Identical inputs give exactly 0.
+    The scores are paired (same tokens, same order), so the spread that counts is that of the differences, not
+    of the tokens. Identical inputs give exactly 0; differences without spread (a constant shift, or fewer than
+    two tokens) leave d_z undefined: NaN.
     """
-    a, b = torch.as_tensor(a).flatten(), torch.as_tensor(b).flatten()
+    a, b = torch.as_tensor(a).flatten().double(), torch.as_tensor(b).flatten().double()
     if a.shape != b.shape:
         raise AnalysisError(f"paired_cohens_d: {a.numel()} vs {b.numel()} scores; expected the same tokens")
     if a.numel() == 0:
         raise AnalysisError("paired_cohens_d: no scores")
     if torch.equal(a, b):
         return 0.0
-    return effect_size(b, a)
+    diff = b - a
+    sd = float(diff.std(correction=1)) if diff.numel() > 1 else 0.0
+    if not sd > 1e-12 * max(1.0, float(diff.abs().max())):
+        return float("nan")
+    return float(diff.mean()) / sd
 
 
 def token_deltas(a: Tensor, b: Tensor) -> Tensor:
