@@ -85,7 +85,7 @@ class EnsembleConfig:
     methods: list[str] | None = None  # other methods whose vectors join `method`'s: every method x layer is a member
     trials: int = 16                  # weight vectors measured
     popsize: int = 4                  # CMA-ES population (>= 4): the candidates of one batched round
-    high: float = 0.6                 # each weight in [0, high], in units of base = ||h_layer|| / ||v||; CMA-ES
+    high: float = 0.4                 # each weight in [0, high], in units of base = ||h_layer|| / ||v||; CMA-ES
     #                                   starts at high / 2 per member
     start: float | None = None        # the first trial's weights (all equal, measured first as a reference);
     #                                   null: steering.start_mult / number of members (one layer's first push)
