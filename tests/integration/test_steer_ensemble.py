@@ -59,7 +59,8 @@ def test_ensemble_weights_are_searched_logged_and_the_vector_reproduces_the_best
     best = weights["best"]
     assert m["best/objective_delta"] == pytest.approx(best["objective"]["delta"])
     assert m["best/objective_delta_lo"] <= m["best/objective_delta"] <= m["best/objective_delta_hi"]
-    assert m["best/n_items"] == 4
+    assert m["best/n_pairs"] == 4
+    assert run.data.tags["mlflow.note.content"].startswith("Best ensemble (trial ")
     w = {x["layer"]: x for x in weights["members"]}
     hist = {mm.step: mm.value for mm in client.get_metric_history(res.run_id, "layer/ensemble_weight")}
     assert hist == {8: pytest.approx(w[8]["weight"], abs=1e-4), 10: pytest.approx(w[10]["weight"], abs=1e-4)}

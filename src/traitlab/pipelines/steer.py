@@ -202,13 +202,18 @@ def _run_ensemble(lm: LoadedModel, cfg: SteerConfig, prep: Prepared, m: Measurer
     found = ens.run_ensemble(cfg, prep, m, members, res, search.study_storage_path(cfg, prep.trait))
     ens.log_ensemble(run, found, cfg, prep, model_tags(cfg.model))
     if found.best is None:
-        res.warnings.append("no ensemble trial met the coherence threshold: no ensemble vector was logged")
+        res.note = (f"No ensemble trial met coherence >= {prep.threshold:g} ({len(found.trials)} trials): no "
+                    "ensemble vector was logged; lower steering.ensemble.high.")
     else:
         d = found.best["objective"]
-        log.info("best ensemble (trial %d): %s delta %.4g [%.4g, %.4g] (n=%d), coherence %.1f; weights %s",
-                 found.best["number"], prep.objective, d["delta"], d["low"], d["high"], d["n"],
-                 found.best["coherence"], ", ".join(f"{x.name}={w:.3f}" for x, w in zip(members, found.weights or [],
-                                                                                           strict=True)))
+        trust = "its 95% interval excludes zero" if d["low"] > 0 or d["high"] < 0 else \
+            "its 95% interval includes zero: no evidence of an effect"
+        res.note = (f"Best ensemble (trial {found.best['number']} of {len(found.trials)}): weights "
+                    + ", ".join(f"{x.method} L{x.layer} {w:.3f}" for x, w in zip(members, found.weights or [],
+                                                                              strict=True))
+                    + f" (x base); coherence {found.best['coherence']:.1f}, {prep.objective} delta {d['delta']:+.3g} "
+                    f"[{d['low']:.3g}, {d['high']:.3g}] (n={d['n']}); {trust}.")
+    log.info("%s", res.note)
 
 
 def trait_configs(cfg: SteerConfig, command_line: Collection[str] | None) -> list[SteerConfig]:

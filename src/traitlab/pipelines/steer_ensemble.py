@@ -32,7 +32,7 @@ from traitlab.config.steer import SteerConfig
 from traitlab.core.ensemble import combine, layer_shares
 from traitlab.io import content_hash
 from traitlab.pipelines import coef_search as cs
-from traitlab.pipelines.steer_measures import Measurer, deltas
+from traitlab.pipelines.steer_measures import PROPENSITY, Measurer, deltas
 from traitlab.pipelines.steer_prepare import Prepared
 from traitlab.pipelines.steer_results import SteerResult
 from traitlab.steering_vector import SteeringVector
@@ -162,7 +162,8 @@ def log_ensemble(run: Any, res: EnsembleResult, cfg: SteerConfig, prep: Prepared
     if res.best is not None:
         d = res.best["objective"]
         summary.update({"best/objective_delta": d["delta"], "best/objective_delta_lo": d["low"],
-                        "best/objective_delta_hi": d["high"], "best/n_items": d["n"],
+                        "best/objective_delta_hi": d["high"],
+                        f"best/n_{'pairs' if prep.objective == PROPENSITY else 'questions'}": d["n"],
                         "best/coherence": res.best["coherence"], "best/trial": res.best["number"]})
         for x, w in zip(res.members, res.weights or [], strict=True):
             suffix = "" if len(methods) == 1 else f"_{x.method}"
