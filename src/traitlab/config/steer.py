@@ -13,7 +13,7 @@ from typing import Any
 from traitlab.config.schema import ComponentConfig, MethodConfig, PositionConfig, TrackingConfig, TraitConfig
 from traitlab.models.loading import ModelSpec
 
-MODES = ("search", "baseline", "ablation", "rescore")
+MODES = ("search", "baseline", "ablation", "rescore", "ensemble")
 SAMPLERS = ("adaptive", "tpe", "grid")
 OBJECTIVES = ("propensity", "judge", "scorer")
 
@@ -94,6 +94,20 @@ class CapabilityConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """mode=ensemble: one weight per member vector (each layer of `layers`, x each method of `methods`), the
+    members added together, the weights searched by Optuna's CMA-ES against steering.objective."""
+
+    methods: list[str] | None = None  # other methods whose vectors join `method`'s: every method x layer is a member
+    trials: int = 16                  # weight vectors measured
+    popsize: int = 4                  # CMA-ES population (>= 4): the candidates of one batched round
+    high: float = 0.4                 # each weight in [0, high], in units of base = ||h_layer|| / ||v||; CMA-ES
+    #                                   starts at high / 2 per member
+    start: float | None = None        # the first trial's weights (all equal, measured first as a reference);
+    #                                   null: steering.start_mult / number of members (one layer's first push)
+
+
+@dataclass
 class SteeringConfig:
     """conf/steering/default.yaml."""
 
@@ -125,6 +139,7 @@ class SteeringConfig:
     #                                    the chosen coefficient's propensity shift on each one's held-out pairs
     max_capability_drop: float | None = None  # a trial whose accuracy falls more than this (0-1, steered minus
     #                                           unsteered, point estimate) is infeasible, beside coherence
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 @dataclass
@@ -138,7 +153,9 @@ class SteerConfig:
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     layers: Any = "30%-60%"          # layer DSL string or list
-    mode: str = "search"             # search | baseline | ablation | rescore
+    traits: list[str] | None = None  # mode=search over several traits together (their trials share batches);
+    #                                  each gets its own studies and steer run under one parent; `trait` unused
+    mode: str = "search"             # search | baseline | ablation | rescore | ensemble
     rescore_from: str | None = None  # mode=rescore: a steer run id (null: the newest matching one)
     seed: int = 42
     force: bool = False

@@ -33,7 +33,7 @@ from traitlab.judge.text_scorers import TextScorer
 from traitlab.models.chat import format_prompt
 from traitlab.models.loading import LoadedModel
 from traitlab.models.multiple_choice import ChoiceScores, score_choices
-from traitlab.models.propensity import ResponsePair, propensity
+from traitlab.models.propensity import ResponsePair, propensity, propensity_groups
 from traitlab.models.steered_generation import generate_steered_shared
 from traitlab.models.steering import Setting
 from traitlab.pipelines.common import responses_for
@@ -202,18 +202,52 @@ class Measurer:
     def steered(self, settings: Sequence[Setting]) -> list[Sample]:
         """Every setting's answers from ONE batched generate and its propensities from shared forward batches;
         the judge and the scorer run after the hooks are gone."""
-        texts = [format_prompt(self.lm.tokenizer, q, None, self.lm.use_chat_template) for q in self.questions]
-        answers = generate_steered_shared(self.lm, texts, settings, component=self.component, gen=self.gen,
-                                          seed=self.seed)
-        margins = self.propensities(settings)
-        capability = self.capability(settings)
-        flat = [a for rs in answers for a in rs]
-        trait, coherence = self.judged(list(self.questions) * len(settings), flat)
-        scored = self.scorer.scores(flat) if self.scorer is not None else []
-        n = len(self.questions)
-        return [Sample(answers[i], coherence[i * n:(i + 1) * n], trait[i * n:(i + 1) * n],
-                       scored[i * n:(i + 1) * n] if scored else [], margins[i], capability[i])
-                for i in range(len(settings))]
+        return steered_together([(self, settings)])[0]
+
+
+def steered_together(parts: Sequence[tuple[Measurer, Sequence[Setting]]]) -> list[list[Sample]]:
+    """Samples of several measurers' settings (several traits' trials) from ONE generate call over their
+    questions (each row its own prompt and steering) and ONE set of propensity forward batches; each
+    measurer's judge and scorer then score its own answers. The measurers share the model and settings."""
+    if not parts:
+        return []
+    first = parts[0][0]
+    for m, _ in parts[1:]:
+        same = (m.lm is first.lm, m.gen == first.gen, m.seed == first.seed, m.component == first.component,
+                m.propensity_batch == first.propensity_batch, m.max_response_tokens == first.max_response_tokens)
+        if not all(same):
+            raise ValueError("steered_together: measurers differ in model, generation, seed, component or "
+                             "propensity settings")
+    lm = first.lm
+    texts: dict[str, int] = {}  # prompt text -> index in the one call (traits may share questions)
+    settings: list[Setting] = []
+    prompts_of: list[list[int]] = []
+    for m, ss in parts:
+        idx = [texts.setdefault(format_prompt(lm.tokenizer, q, None, lm.use_chat_template), len(texts))
+               for q in m.questions]
+        settings += list(ss)
+        prompts_of += [idx] * len(ss)
+    answers = generate_steered_shared(lm, list(texts), settings, component=first.component, gen=first.gen,
+                                      seed=first.seed, prompts_of=prompts_of)
+    with_pairs = [(m, ss) for m, ss in parts if m.pairs]
+    margins = iter(propensity_groups(lm, [(m.pairs, ss) for m, ss in with_pairs], component=first.component,
+                                     batch_size=first.propensity_batch,
+                                     max_response_tokens=first.max_response_tokens)) if with_pairs else iter(())
+    out: list[list[Sample]] = []
+    start = 0
+    for m, ss in parts:
+        mine = answers[start:start + len(ss)]
+        start += len(ss)
+        rows = next(margins).tolist() if m.pairs else [[] for _ in ss]
+        capability = m.capability(ss)
+        flat = [a for rs in mine for a in rs]
+        trait, coherence = m.judged(list(m.questions) * len(ss), flat)
+        scored = m.scorer.scores(flat) if m.scorer is not None else []
+        n = len(m.questions)
+        out.append([Sample(mine[i], coherence[i * n:(i + 1) * n], trait[i * n:(i + 1) * n],
+                           scored[i * n:(i + 1) * n] if scored else [], rows[i], capability[i])
+                    for i in range(len(ss))])
+    return out
 
 
 def measure_names(objective: str, judge_has_trait: bool, scorer: TextScorer | None, has_pairs: bool) -> list[str]:

@@ -129,12 +129,23 @@ def _check_settings(cfg: SteerConfig) -> None:
         if not 0.0 <= s.max_capability_drop <= 1.0:
             raise ConfigError("steering.max_capability_drop", f"{s.max_capability_drop} is not in 0..1 (a drop in "
                                                                "accuracy, e.g. 0.1 for 10 points)")
+    e = s.ensemble
+    for key, value, ok, expected in (
+        ("steering.ensemble.trials", e.trials, e.trials >= 2, ">= 2"),
+        ("steering.ensemble.popsize", e.popsize, e.popsize >= 4, ">= 4 (CMA-ES needs two parents)"),
+        ("steering.ensemble.high", e.high, e.high > 0, "> 0"),
+        ("steering.ensemble.start", e.start, e.start is None or 0 < e.start <= e.high, "in (0, high] or null"),
+    ):
+        if not ok:
+            raise ConfigError(key, f"{value} must be {expected}")
+    if e.methods is not None and (not e.methods or len(set(e.methods)) != len(e.methods)):
+        raise ConfigError("steering.ensemble.methods", f"{e.methods} must be distinct method names or null")
     if s.n_questions is not None and s.n_questions < 1:
         raise ConfigError("steering.n_questions", f"{s.n_questions} must be >= 1 or null (all questions)")
     if cfg.component.name not in COMPONENTS:
         raise ConfigError("component", f"'{cfg.component.name}' is not one of {', '.join(COMPONENTS)}")
     parse_position(cfg.position.spec)
-    if cfg.mode in ("search", "ablation"):
+    if cfg.mode in ("search", "ablation", "ensemble"):
         try:  # syntax now; the range once the model's depth is known
             parse_layers(cfg.layers, 10_000, best=0)
         except LayerSpecError as e:
@@ -248,7 +259,7 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
         cset = load_choice_set(c.set, c.path)
         prep.choice_items = list(cset.items[:c.n_items] if c.n_items else cset.items)
         prep.choice_set = f"{c.set or c.path}@{cset.fingerprint()[:8]}"
-    if cfg.mode in ("search", "ablation"):
+    if cfg.mode in ("search", "ablation", "ensemble"):
         prep.refs = find_vectors(trait.qualified_name, cfg.model, method=cfg.method.name,
                                  component=cfg.component.name, position=cfg.position.spec,
                                  experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
@@ -257,7 +268,7 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
                                          f"(method={cfg.method.name}, component={cfg.component.name}, "
                                          f"position={cfg.position.spec!r})")
     p = cfg.steering.propensity
-    if cfg.mode in ("search", "baseline") and p.max_pairs != 0:
+    if cfg.mode in ("search", "baseline", "ensemble") and p.max_pairs != 0:
         prep.split = _split_settings(cfg, prep.refs)
         prep.pair_examples = heldout_examples(trait, prep.split["val_split"], prep.split["seed"], ood=p.ood,
                                               max_pairs=p.max_pairs)

@@ -89,6 +89,7 @@ class SteerResult:
     scorer_name: str | None = None
     n_pairs: dict[str, int] = field(default_factory=dict)        # held-out pairs by source (val, ood)
     stopped: str | None = None                                   # why the search did not run trials
+    note: str | None = None                                      # the verdict of a mode without per-layer results
     warnings: list[str] = field(default_factory=list)
     entanglement: list[dict[str, Any]] = field(default_factory=list)  # steer_entangle.measure_entanglement rows
 
@@ -171,6 +172,8 @@ class SteerResult:
         best = self.best_layer
         if self.stopped:
             return f"Search stopped after the baselines: {self.stopped}"
+        if self.note:
+            return self.note
         if best is None:
             return (f"No coherent coefficient at layers {', '.join(map(str, sorted(self.per_layer)))} "
                     f"(coherence >= {self.threshold:g}).")
