@@ -193,3 +193,19 @@ def servers(tmp_path):
     finally:
         for server in s.started:
             server.stop()
+
+
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """Rows of every generate call made by models/steered_generation, in order (a spy: the real generate runs)."""
+    from traitlab.models import steered_generation as sg
+
+    calls: list[int] = []
+    real = sg.generate_padded
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sg, "generate_padded", counting)
+    return calls

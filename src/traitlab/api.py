@@ -94,10 +94,12 @@ def extract(overrides: Sequence[str] = (), *, lm: Any = None, **kwargs: Any) -> 
 
 
 def steer(overrides: Sequence[str] = (), *, lm: Any = None, judge: Any = None, **kwargs: Any) -> Any:
-    from traitlab.pipelines.steer import run_steer
+    """A SteerResult; with traits=[...] a {trait: SteerResult} of the traits searched together."""
+    from traitlab.pipelines.steer import run_steer, run_steer_traits
 
-    return run_steer(compose_config("steer", overrides, **kwargs), lm=lm, judge=judge,
-                     command_line=_command_line(overrides, kwargs))
+    cfg = compose_config("steer", overrides, **kwargs)
+    run = run_steer_traits if cfg.traits else run_steer
+    return run(cfg, lm=lm, judge=judge, command_line=_command_line(overrides, kwargs))
 
 
 def infer(overrides: Sequence[str] = (), *, lm: Any = None, **kwargs: Any) -> Any:

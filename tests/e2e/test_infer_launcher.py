@@ -90,3 +90,17 @@ def test_infer_launcher_on_smoke_set(mlflow_store, tmp_path, smollm2):
     assert ana.returncode == 0, ana.stderr[-3000:]
     ana_id = re.search(r"MLflow run: ([0-9a-f]{32}) \(top_spans\)", ana.stdout).group(1)
     assert client.get_run(ana_id).data.tags["source_run"] == run_id
+
+    # clauses over a list of runs (Hydra list syntax); a bad unit is one line, before anything runs
+    clauses = run_launcher(
+        "analyze", "analysis=top_spans", "analysis.unit=clause", f"analysis.source_run=[{run_id}]",
+        "tracking.experiment=e2e", f"hydra.run.dir={tmp_path / 'hydra3'}", env=env,
+    )
+    assert clauses.returncode == 0, clauses.stderr[-3000:]
+    cl_id = re.search(r"MLflow run: ([0-9a-f]{32}) \(top_spans\)", clauses.stdout).group(1)
+    assert client.get_run(cl_id).data.params["analysis.unit"] == "clause"
+    assert "tables/top_spans_by_source.json" in {f.path for f in client.list_artifacts(cl_id, "tables")}
+    bad = run_launcher("analyze", "analysis=top_spans", "analysis.unit=sentence", "tracking.experiment=e2e",
+                       f"hydra.run.dir={tmp_path / 'hydra4'}", env=env)
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(err) == 1 and "analysis.unit: 'sentence' is not one of window, clause" in err[0]

@@ -27,8 +27,9 @@ HERE = Path(__file__).resolve().parent
 # Lines that choose a cluster launcher would submit jobs; lines with a|b|c list alternatives or a <placeholder>
 # to fill in are templates, not commands.
 SKIP = re.compile(r"hydra/launcher=|\s\|\s|<[^>]+>")
-# The lines this test is about: DSL values (brackets, colons, commas; the keys the launcher quotes) and multiruns.
-DSL = re.compile(r"\s(" + "|".join(re.escape(k) for k in DSL_KEYS) + r")=|\s-m\s")
+# The lines this test is about: DSL values (brackets, colons, commas; the keys the launcher quotes), multiruns,
+# and every analysis (list values such as prompt_set=[starter,smoke]).
+DSL = re.compile(r"\s(" + "|".join(re.escape(k) for k in DSL_KEYS) + r")=|\s-m\s|^python launchers/analyze\.py")
 
 
 def readme_commands() -> list[str]:
@@ -63,7 +64,7 @@ def _get(cfg: dict, dotted: str):
 
 
 def _as_typed(value) -> str:
-    if isinstance(value, bool):  # normalize.center=true arrives as the boolean Hydra parses it to
+    if isinstance(value, bool):  # typed true / false, composed as a YAML boolean
         return str(value).lower()
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
@@ -87,7 +88,7 @@ def store_uri(tmp_path_factory) -> str:
     return uri
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.split("  #")[0].strip() for c in COMMANDS])  # -k selects
 def test_readme_command_runs_as_typed(command: str, tmp_path: Path, store_uri: str) -> None:
     shim = tmp_path / "bin"
     shim.mkdir()

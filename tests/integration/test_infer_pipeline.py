@@ -1,19 +1,22 @@
 """Stage 3 on the real SmolLM2 with a real temp MLflow store: vectors from a quick extraction, then
 stream / capture -> reproject / from_responses inference, massive-dim cleaning, centering, and the
-analyses (geometry, logit lens, model diff, and the score analyses from an inference run's JSONs)."""
+analyses (geometry, logit lens, model diff, the score analyses from an inference run's JSONs, response-level
+correlation and clause spans over two prompt sets, neutral-set calibration of massive activations)."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from traitlab.config.analyze import AnalysisConfig, AnalyzeConfig
-from traitlab.config.infer import InferConfig, InferenceConfig
+from traitlab.config.infer import InferConfig, InferenceConfig, MassiveConfig
 from traitlab.config.schema import ExtractConfig, GenerationConfig, MethodConfig, TrackingConfig, TraitConfig
 from traitlab.core.analysis import project_tokens
 from traitlab.core.components import unembedding
@@ -309,3 +312,126 @@ def test_unknown_trait_fails_with_a_hint(store, smollm2):
 
     with pytest.raises(ConfigError, match="launchers/extract.py trait=starter/evil"):
         run_infer(replace(_cfg(), traits=["starter/evil"]), lm=smollm2)
+
+
+# ------------------------------------------------------------------------- analysis breadth (two prompt sets)
+
+SHORT = {"max_prompts": 4, "generation": GenerationConfig(max_new_tokens=16)}
+
+
+@pytest.fixture(scope="module")
+def two_sets(store, smollm2):
+    """Inference runs over the smoke and starter sets (4 prompts each): the records the analyses read back."""
+    return [run_infer(_cfg(prompt_set=name, inference=InferenceConfig(**SHORT)), lm=smollm2) for name in ("smoke", "starter")]
+
+
+def _response_means(records, trait: str, layer: int) -> list[float]:
+    out = []
+    for r in records:
+        s = [x for x in r["traits"][trait]["layers"][str(layer)]["scores"][r["n_prompt_tokens"] :] if x is not None]
+        out.append(sum(s) / len(s))
+    return out
+
+
+def test_response_correlation_over_two_runs_matches_numpy(store, two_sets):
+    records = [r for res in two_sets for r in res.records]
+    res = run_analyze(_analyze("response_correlation", analysis={"source_run": [x.run_id for x in two_sets]},
+                               layers="12"))
+    row = next(r for r in res.values["rows"] if {r["a"], r["b"]} == {f"{t} L12" for t in TRAITS})
+    x, y = (_response_means(records, t, 12) for t in TRAITS)
+    r = float(np.corrcoef(x, y)[0, 1])
+    half = 1.959964 / math.sqrt(len(x) - 3)
+    assert row["n"] == 8 and row["r"] == pytest.approx(r, abs=1e-6)
+    assert (row["low"], row["high"]) == pytest.approx((math.tanh(math.atanh(r) - half),
+                                                      math.tanh(math.atanh(r) + half)), abs=1e-6)
+    client = MlflowClient(store)
+    arts = {f.path for f in client.list_artifacts(res.run_id, "figures/response_correlation")}
+    assert {"figures/response_correlation/matrix.png", "figures/response_correlation/intervals.png"} <= arts
+    hist = client.get_metric_history(res.run_id, f"layer/response_r/{TRAITS[0]} vs {TRAITS[1]}")
+    assert [(m.step, m.value) for m in hist] == [(12, pytest.approx(r, abs=1e-4))]
+    assert client.get_run(res.run_id).data.metrics["n_responses"] == 8
+    assert "noise" in client.get_run(res.run_id).data.tags["mlflow.note.content"] or row["excludes_zero"]
+
+
+def test_clause_spans_across_two_sets_fresh_equal_read_back(store, smollm2, two_sets):
+    """top_spans unit=clause over prompt_set=[smoke,starter] (a fresh pass) finds the same clauses, means and
+    set tags as over the two inference runs' records, and each clause's mean is its tokens' mean score."""
+    spans = {"unit": "clause", "top_n": 3, "min_tokens": 3}
+    read = run_analyze(_analyze("top_spans", analysis={**spans, "source_run": [x.run_id for x in two_sets]},
+                                traits=[TRAITS[0]], layers="12"))
+    fresh = run_analyze(_analyze("top_spans", analysis=spans, prompt_set=["smoke", "starter"], traits=[TRAITS[0]],
+                                 layers="12", inference=InferenceConfig(**SHORT)), lm=smollm2)
+    key = [(r["direction"], r["source"], r["prompt_id"], r["start"], r["stop"], r["text"]) for r in read.values["rows"]]
+    assert key == [(r["direction"], r["source"], r["prompt_id"], r["start"], r["stop"], r["text"])
+                   for r in fresh.values["rows"]]
+    assert [r["mean"] for r in fresh.values["rows"]] == pytest.approx([r["mean"] for r in read.values["rows"]],
+                                                                       rel=1e-3, abs=1e-4)
+    by_id = {(r["source"], r["prompt_id"]): r for res in two_sets for r in res.records}
+    top = [r for r in read.values["rows"] if r["direction"] == "top"]
+    bottom = [r for r in read.values["rows"] if r["direction"] == "bottom"]
+    assert len(top) == 3 and top[0]["mean"] >= top[-1]["mean"] > bottom[-1]["mean"]
+    for row in top + bottom:
+        rec = by_id[(row["source"], row["prompt_id"])]
+        resp_tokens = rec["tokens"][rec["n_prompt_tokens"] :]
+        scores = rec["traits"][TRAITS[0]]["layers"]["12"]["scores"][rec["n_prompt_tokens"] :]
+        assert row["text"] == "".join(resp_tokens[row["start"] : row["stop"]]) and row["stop"] - row["start"] >= 3
+        assert row["mean"] == pytest.approx(sum(scores[row["start"] : row["stop"]]) / (row["stop"] - row["start"]))
+    assert {(r["source"], r["n_responses"]) for r in read.values["by_source"]} == {("smoke", 4), ("starter", 4)}
+    files = {f.path for f in MlflowClient(store).list_artifacts(read.run_id, "tables")}
+    assert {"tables/top_spans.json", "tables/top_spans.md", "tables/top_spans_by_source.json"} <= files
+
+
+def test_analyze_fresh_pass_cleans_massive_dims_like_infer(store, smollm2):
+    """inference.clean_massive=true in a fresh analyze pass scores with the cleaned vectors, as infer does."""
+    inf = InferenceConfig(max_prompts=2, generation=GenerationConfig(max_new_tokens=16), clean_massive=True)
+    clean = run_infer(_cfg(inference=inf, traits=[TRAITS[0]], layers="12"), lm=smollm2)
+    spans = run_analyze(_analyze("top_spans", analysis={"window": 3, "top_n": 1}, traits=[TRAITS[0]], layers="12",
+                                 inference=inf), lm=smollm2)
+    top = next(r for r in spans.values["rows"] if r["direction"] == "top")
+    best = max(float(torch.tensor(r["traits"][TRAITS[0]]["layers"]["12"]["scores"][r["n_prompt_tokens"]:])
+                     .unfold(0, 3, 1).mean(-1).max()) for r in clean.records)
+    assert all(r["clean_massive"] for r in clean.records)
+    assert top["mean"] == pytest.approx(best, rel=1e-3, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------ neutral calibration
+
+NEUTRAL = MassiveConfig(set="neutral", max_tokens=2000, max_new_tokens=12)
+
+
+def test_neutral_calibration_finds_smollm2s_first_token_dim_and_infer_uses_it(store, smollm2, stream):
+    res = run_analyze(_analyze("calibration", inference=InferenceConfig(massive=NEUTRAL)), lm=smollm2)
+    dims, rows = res.values["dims"], res.values["rows"]
+    assert dims[12] == [507] and all(dims[ly] == [507] for ly in range(11, 28))
+    at12 = next(r for r in rows if r["layer"] == 12)
+    assert at12["ratio_to_median"] > 300 and at12["peak_position"] == 0  # SmolLM2's first-token outlier
+    assert {r["dim"] for r in rows} == {507} and {r["peak_position"] for r in rows} == {0}
+    record = res.values["record"]
+    assert record["set"] == "neutral" and record["n_texts"] >= 20 and 0 < record["n_tokens"] <= 2000 + 128
+    client = MlflowClient(store)
+    run = client.get_run(res.run_id)
+    assert run.data.tags["massive_calibration"] == "neutral:neutral" and run.data.tags["calibration_set"] == "neutral"
+    hist = {m.step: m.value for m in client.get_metric_history(res.run_id, "layer/massive_dims")}
+    assert hist[12] == 1 and hist[0] == 0
+    files = {f.path for f in client.list_artifacts(res.run_id, "tables")}
+    assert "tables/massive_dims.json" in files and "dim 507" in run.data.tags["mlflow.note.content"]
+    # stored per model identity: infer with calibration=neutral reuses it and cleans dim 507 out of the vectors
+    inf = InferenceConfig(max_prompts=2, generation=GenerationConfig(max_new_tokens=16), massive=NEUTRAL,
+                          calibration="neutral", clean_massive=True)
+    clean = run_infer(_cfg(inference=inf), lm=smollm2)
+    assert clean.massive_dims == dims and client.get_run(clean.run_id).data.tags["massive_calibration"] == "neutral:neutral"
+    for before, after in zip(stream.records, clean.records, strict=True):
+        assert after["clean_massive"] and after["token_ids"] == before["token_ids"]
+        raw_b, raw_a = (r["traits"][TRAITS[0]]["layers"]["12"]["raw"] for r in (before, after))
+        assert abs(raw_b[0] - raw_a[0]) > 1.0  # the first token's 25000-sized dim 507 no longer counts
+    # reproject (no model) finds the stored neutral calibration by the capture's model identity
+    run_infer(_cfg(mode="capture"), lm=smollm2)
+    rep = run_infer(_cfg(mode="reproject", inference=inf))
+    assert rep.massive_dims == dims
+    for a, b in zip(clean.records, rep.records, strict=True):
+        torch.testing.assert_close(torch.tensor(a["traits"][TRAITS[0]]["layers"]["12"]["raw"]),
+                                   torch.tensor(b["traits"][TRAITS[0]]["layers"]["12"]["raw"]), atol=1e-3, rtol=1e-3)
+    from traitlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="inference.calibration: no neutral calibration"):
+        run_infer(_cfg(mode="reproject", inference=replace(inf, massive=replace(NEUTRAL, set="starter"))))

@@ -45,7 +45,7 @@ def test_make_ui_url_lands_on_the_run_table_with_best_metrics_and_verdicts(extra
         assert _title(dom) == "Runs", _title(dom)  # the classic run table, not the GenAI overview
         assert "Detect Issues" not in dom
     rows = grid_rows(ranked)
-    assert set(rows) == set(runs)
+    assert set(runs) <= set(rows)  # other tests sharing the sweep's store may add runs of their own
     for run_id, run in runs.items():
         cells, m = rows[run_id], run.data.metrics
         for name in ("best/layer", "best/cv_effect_size", "best/val_accuracy", "best/ood_accuracy"):

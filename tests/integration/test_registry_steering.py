@@ -61,3 +61,28 @@ def test_a_result_whose_interval_includes_zero_is_not_trusted(registry):
     ref = best_vector(TRAIT, MODEL, experiment="reg")
     assert (ref.layer, ref.source) == (14, "ood_effect_size")   # falls back, and says why
     assert "1 steering result(s) for these vectors, none with a 95% interval above zero" in ref.reason
+
+
+def test_fallback_ranks_cross_validated_effect_size_first(mlflow_store):
+    """Without a trusted steering result, the cross-validated effect size decides, not a best-of-layers pick on
+    the small OOD or val split: here val and OOD peak at layer 3 (a lucky split), cv at layer 14."""
+    client, exp_id = ensure_store(mlflow_store, "reg")
+    per_layer = {3: {"val_effect_size": 4.0, "ood_effect_size": 3.5, "cv_effect_size": 0.8},
+                 14: {"val_effect_size": 2.0, "ood_effect_size": 1.5, "cv_effect_size": 2.6},
+                 20: {"val_effect_size": 1.0, "ood_effect_size": 1.0}}   # no cv logged here: not ranked on cv
+    _run(client, exp_id, 1000, {"traitlab.stage": "extract", "layers": "3,14,20"},
+         {lyr: {f"layer/{k}": v for k, v in m.items()} for lyr, m in per_layer.items()})
+    ref = best_vector(TRAIT, MODEL, experiment="reg")
+    assert (ref.layer, ref.source, ref.score) == (14, "cv_effect_size", 2.6)
+    assert ref.reason.startswith("cv_effect_size 2.6 at layer 14")
+
+
+def test_last_resort_is_a_stated_rule_not_the_first_vector(mlflow_store):
+    """No effect size at any layer (e.g. an extraction without a val split): the middle one of the extracted
+    layers of the newest run, said so in the reason; never layer 0 just because it is listed first."""
+    client, exp_id = ensure_store(mlflow_store, "reg")
+    _run(client, exp_id, 1000, {"traitlab.stage": "extract", "layers": "0,4,8,12,16,20,24"},
+         {lyr: {"layer/baseline": 0.0} for lyr in (0, 4, 8, 12, 16, 20, 24)})
+    ref = best_vector(TRAIT, MODEL, experiment="reg")
+    assert (ref.layer, ref.source) == (12, "middle_layer")
+    assert "no effect size logged at any layer" in ref.reason and "middle of layers 0-24" in ref.reason

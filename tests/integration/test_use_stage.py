@@ -189,6 +189,24 @@ def test_generate_logs_pairs_shifts_and_views(store, generated):
     assert applied.layers == [10] and applied.source_run == store["extract_run"]
 
 
+def test_generate_cleans_monitored_vectors_with_a_neutral_calibration(store, smollm2, generated):
+    """calibration=neutral clean_massive=true: the monitored vectors lose the calibration's massive dims (SmolLM2:
+    dim 507 at layer 12, none at layer 10), so layer 10 scores are unchanged and layer 12's first token differs."""
+    from mlflow.tracking import MlflowClient
+
+    from traitlab.config.infer import MassiveConfig
+    from traitlab.pipelines.generate import run_generate
+
+    res = run_generate(_gen_cfg(monitor_layers="10,12", clean_massive=True, calibration="neutral",
+                                massive=MassiveConfig(set="smoke", max_new_tokens=8)), lm=smollm2)
+    tags = MlflowClient(store["uri"]).get_run(res.run_id).data.tags
+    assert tags["massive_calibration"] == "neutral:smoke"
+    for before, after in zip(generated.records["unsteered"], res.records["unsteered"], strict=True):
+        assert after["clean_massive"] and after["token_ids"] == before["token_ids"]
+        assert _raw(after, 10)[:5] == pytest.approx(_raw(before, 10)[:5], rel=1e-4, abs=1e-4)
+        assert abs(_raw(after, 12)[0] - _raw(before, 12)[0]) > 1.0
+
+
 def test_ablation_leaves_nothing_along_the_vector(store, smollm2):
     from traitlab.pipelines.generate import run_generate
 

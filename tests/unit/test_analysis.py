@@ -125,3 +125,147 @@ def test_check_score_mode_lists_choices():
 
     with pytest.raises(ConfigError, match="raw, normalized, cosine"):
         check_score_mode("zscore")
+
+
+# ------------------------------------------------------------------------------ response-level correlation
+
+
+def test_pearson_interval_known_values():
+    from traitlab.core.analysis import pearson_interval
+
+    # r = 8 / sqrt(10 * 10) = 0.8 by hand; Fisher z: tanh(atanh(0.8) -+ 1.96 / sqrt(5 - 3))
+    est = pearson_interval([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+    assert est.mean == pytest.approx(0.8) and est.n == 5
+    assert (est.low, est.high) == pytest.approx((-0.279640, 0.986196), abs=1e-5)
+    assert not est.excludes_zero
+    with_nan = pearson_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 5, math.nan])  # the NaN pair is dropped
+    assert (with_nan.mean, with_nan.low, with_nan.n) == (pytest.approx(0.8), pytest.approx(est.low), 5)
+    # r = 0.904762 for a zig-zag that rises (hand-computed), interval with n - 3 = 5: excludes 0
+    up = pearson_interval(range(1, 9), [2, 1, 4, 3, 6, 5, 8, 7])
+    assert up.mean == pytest.approx(0.904762, abs=1e-6)
+    assert (up.low, up.high) == pytest.approx((0.552063, 0.982824), abs=1e-5) and up.excludes_zero
+    three = pearson_interval([1, 2, 3], [1, 3, 2])
+    assert three.mean == pytest.approx(0.5) and math.isnan(three.low) and three.n == 3  # interval needs n >= 4
+    assert math.isnan(pearson_interval([1, 2, 3, 4], [5, 5, 5, 5]).mean)  # a constant side: undefined, not 0
+    perfect = pearson_interval([1, 2, 3, 4], [3, 5, 7, 9])
+    assert (perfect.mean, perfect.low, perfect.high) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+
+
+def _record(pid: str, series: dict[str, list[float]], source: str = "set", tokens: list[str] | None = None,
+            n_prompt: int = 2) -> dict:
+    """A scored record as inference writes it: prompt tokens first (scored, but never part of a response)."""
+    n = n_prompt + len(next(iter(series.values())))
+    traits: dict = {}
+    for label, resp in series.items():
+        trait, layer = label.rsplit(" L", 1)
+        scores = [1000.0] * n_prompt + [None if math.isnan(x) else x for x in resp]
+        traits.setdefault(trait, {"layers": {}})["layers"][layer] = {"scores": scores}
+    toks = tokens if tokens is not None else [f"t{i}" for i in range(n)]
+    return {"prompt_id": pid, "source": source, "tokens": toks, "n_prompt_tokens": n_prompt, "traits": traits}
+
+
+def test_response_correlation_of_co_varying_and_independent_traits():
+    """Per response, trait b's mean is 2 x a's + 1 (r = 1) and c's is orthogonal to a's (r = 0 exactly), though
+    the token series differ in length and shape; the prompt tokens (scored 1000) and NaN tokens are left out."""
+    from traitlab.monitor.correlation import response_correlation
+
+    a_means, c_means = [1.0, 2.0, 3.0, 4.0], [1.0, -1.0, -1.0, 1.0]
+    records = []
+    for i, (a, c) in enumerate(zip(a_means, c_means, strict=True)):
+        b = 2 * a + 1
+        records.append(_record(f"p{i}", {"x/a L3": [a - 1, a + 1, a, math.nan],
+                                         "x/b L3": [b + 2, b - 2, b + 1, b - 1],
+                                         "x/c L3": [c, c + 0.5, c - 0.5, c]}))
+    corr = response_correlation(records)
+    assert corr.means["x/a L3"] == pytest.approx(a_means)
+    rows = {(r["a"], r["b"]): r for r in corr.rows}
+    ab, ac = rows[("x/a L3", "x/b L3")], rows[("x/a L3", "x/c L3")]
+    assert ab["r"] == pytest.approx(1.0) and ab["excludes_zero"] and ab["n"] == 4
+    assert ac["r"] == pytest.approx(0.0, abs=1e-12) and not ac["excludes_zero"]
+    assert (ac["low"], ac["high"]) == pytest.approx((-0.961087, 0.961087), abs=1e-5)  # tanh(-+1.96 / sqrt(1))
+    assert corr.matrix[0, 2] == pytest.approx(0.0, abs=1e-12) and corr.headline() is ab
+
+
+def test_pair_metrics_follow_the_layer_naming():
+    from traitlab.monitor.correlation import pair_metrics, response_correlation
+
+    records = [_record(f"p{i}", {"x/a L3": [v], "x/b L3": [v * v], "x/a L5": [-v]}) for i, v in enumerate([1., 2, 3, 5])]
+    metrics = pair_metrics(response_correlation(records))
+    assert [step for _, step in metrics] == [3]  # same layer, two traits: the only per-layer series
+    (m, _), = metrics
+    assert set(m) == {"layer/response_r/x/a vs x/b", "layer/response_r_low/x/a vs x/b",
+                      "layer/response_r_high/x/a vs x/b", "layer/response_n/x/a vs x/b"}
+    assert m["layer/response_n/x/a vs x/b"] == 4
+
+
+# ------------------------------------------------------------------------------------ clauses and segments
+
+
+def test_clause_spans_on_known_text():
+    from traitlab.core.clauses import clause_spans
+
+    tokens = ["I", " like", " tea", ",", " but", " she", " prefers", " coffee", ".", " We", " met", " at", " 3", ".",
+              "5", " pm", " and", " talked", ".\n", "\n", "Bye", "!"]
+    spans = clause_spans(tokens)
+    texts = ["".join(tokens[a:b]) for a, b in spans]
+    assert texts == ["I like tea,", " but she prefers coffee.", " We met at 3.5 pm", " and talked.\n\n", "Bye!"]
+    assert spans == [(0, 4), (4, 9), (9, 16), (16, 20), (20, 22)]
+    assert clause_spans([]) == [] and clause_spans(["\n", "."]) == []  # nothing but breaks and punctuation
+    assert clause_spans(["Sandy", " beaches", " or", " hills"]) == [(0, 2), (2, 4)]  # " or" opens a clause ...
+    assert clause_spans(["Sandy", " beaches", " or", "anges"]) == [(0, 4)]  # ... "oranges" does not
+    assert clause_spans(["Done", "!", "Then"]) == [(0, 3)]  # "!" before a letter: no whitespace, no cut
+
+
+def test_rank_segments_by_mean_with_min_tokens_and_nans():
+    from traitlab.core.analysis import rank_segments
+
+    a = torch.tensor([1.0, 1.0, 9.0, math.nan, 3.0, 3.0, 3.0])
+    b = torch.tensor([5.0, 5.0, -2.0, -2.0])
+    segs = [[(0, 2), (2, 4), (4, 7)], [(0, 2), (2, 4)]]
+    top = rank_segments([a, b], segs, k=3)
+    assert [(s.seq, s.start, s.stop, s.mean) for s in top] == [(0, 2, 4, 9.0), (1, 0, 2, 5.0), (0, 4, 7, 3.0)]
+    # (2, 4) of a has one scored token: below min_tokens=2 it is not ranked
+    assert [(s.seq, s.start) for s in rank_segments([a, b], segs, k=2, min_tokens=2)] == [(1, 0), (0, 4)]
+    assert [(s.seq, s.start, s.mean) for s in rank_segments([a, b], segs, k=1, largest=False)] == [(1, 2, -2.0)]
+    with pytest.raises(AnalysisError, match="outside"):
+        rank_segments([b], [[(2, 6)]], k=1)
+
+
+def test_clause_rows_name_the_set_and_the_text():
+    from traitlab.monitor.spans import clause_rows, source_rows
+
+    toks = ["Q", "?", "Yes", ",", " and", " it", " rains", " today", ".", " Fine", " then", "."]
+    rec = _record("p1", {"x/a L3": [0.0, 0.0, 0.0, 2.0, 2.0, 3.0, 4.0, 0.0, 1.0, 1.0]}, source="smoke", tokens=toks)
+    other = _record("q1", {"x/a L3": [0.5, 0.5, 0.5]}, source="starter", tokens=["P", "?", "A", " b", " c"])
+    seqs = [torch.tensor(r["traits"]["x/a"]["layers"]["3"]["scores"][2:], dtype=torch.float64) for r in (rec, other)]
+    rows = clause_rows([rec, other], seqs, {"trait": "x/a", "layer": 3}, k=2, largest=True, min_tokens=2)
+    assert [(r["source"], r["prompt_id"], r["text"], r["mean"]) for r in rows] == [
+        ("smoke", "p1", " and it rains today.", pytest.approx(11.0 / 5)),
+        ("smoke", "p1", " Fine then.", pytest.approx(2.0 / 3))]
+    assert rows[0]["unit"] == "clause" and (rows[0]["start"], rows[0]["stop"]) == (2, 7)
+    means = {r["source"]: (r["mean"], r["n_responses"], r["n_tokens"]) for r in source_rows([rec, other])}
+    assert means == {"smoke": (pytest.approx(13.0 / 10), 1, 10), "starter": (pytest.approx(0.5), 1, 3)}
+
+
+def test_several_prompt_sets_get_the_responses_each_set_gets_alone(tiny_gpt2, char_tokenizer, tmp_path, monkeypatch):
+    """A fresh pass over prompt_set=[a,b] generates each set as a run on that set alone would (same batches, same
+    seeded samples, same cache entries), so its records match the sets' own inference runs."""
+    from traitlab.config.analyze import AnalyzeConfig
+    from traitlab.config.infer import InferenceConfig
+    from traitlab.config.schema import GenerationConfig
+    from traitlab.data.texts import Source, TextItem
+    from traitlab.models.loading import LoadedModel, ModelSpec
+    from traitlab.pipelines.analyze import Context
+    from traitlab.pipelines.common import fill_responses
+
+    monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path))
+    lm = LoadedModel(tiny_gpt2, char_tokenizer, ModelSpec(name="tiny-gpt2", id="tiny-gpt2"), False)
+    gen = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, batch_size=8)
+    cfg = AnalyzeConfig(inference=InferenceConfig(generation=gen), seed=3)
+    sources = [Source(name, [TextItem(f"{name}{i}", p, None) for i, p in enumerate(prompts)], False)
+               for name, prompts in (("a", ["hi there", "why?"]), ("b", ["tell me more, please", "ok"]))]
+    items, names = Context(cfg, None, [], lm, sources).items(lm)
+    alone = [it for src in sources for it in fill_responses(lm, src.items, cfg.inference, cfg.seed)]
+    assert names == ["a", "a", "b", "b"] and [it.id for it in items] == ["a0", "a1", "b0", "b1"]
+    assert [it.response for it in items] == [it.response for it in alone]
+    assert len(list((tmp_path / "responses").glob("*.json"))) == 2  # one cache entry per set, shared

@@ -19,6 +19,7 @@ from traitlab.pipelines.coef_search import (
     fan,
     finished_trials,
     geometric_grid,
+    is_feasible,
     make_sampler,
     open_storage,
     open_study,
@@ -221,3 +222,31 @@ def test_tpe_startup_scales_to_the_budget(caplog):
     with caplog.at_level("WARNING"):
         make_sampler("tpe", seed=0, tpe_startup_trials=4, budget=5)   # an explicit int is kept, with a warning
     assert "only 1 of 5 trials" in caplog.text
+
+
+def test_capability_constraint_beside_coherence_makes_a_coherent_trial_infeasible(tmp_path):
+    # coherent up to CLIFF = 1.0, but capability drops by 0.3 per unit of coefficient: with a 0.15 maximum
+    # drop, only coefficients <= 0.5 pass both constraints
+    def evaluate(candidates):
+        return [Outcome(10.0 * c.coefficient, 90.0 if c.coefficient <= CLIFF else 40.0,
+                        constraints={"capability": 0.3 * c.coefficient - 0.15}) for c in candidates]
+
+    s = adaptive_study(tmp_path / "c.db", start=0.2, momentum=0.0, target=8)
+    run_search([s], evaluate, per_step=1, threshold=THRESHOLD)
+    trials = finished_trials(s.study)
+    assert all(set(t.constraints) == {"coherence", "capability"} for t in trials)
+    coherent_but_costly = [t for t in trials if 0.5 < t.params[COEF] <= CLIFF]
+    assert coherent_but_costly and not any(is_feasible(t) for t in coherent_but_costly)
+    best = best_trial(s.study)
+    assert best.params[COEF] <= 0.5
+    assert best.params[COEF] == max(t.params[COEF] for t in trials if t.params[COEF] <= 0.5)
+    # the adaptive sampler walks back from a capability violation as from an incoherent one: no trial past
+    # 0.5 * 1.3 (the first step beyond the limit), unlike the coherence-only search that reaches past 1.0
+    assert max(coefs(s.study)) <= 0.5 * 1.3
+
+
+def test_an_unmeasurable_extra_constraint_counts_as_infeasible(tmp_path):
+    s = adaptive_study(tmp_path / "n.db", target=1)
+    run_search([s], lambda cs: [Outcome(1.0, 95.0, constraints={"capability": math.nan}) for _ in cs],
+               per_step=1, threshold=THRESHOLD)
+    assert not is_feasible(finished_trials(s.study)[0]) and best_trial(s.study) is None

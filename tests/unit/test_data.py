@@ -468,3 +468,36 @@ def test_every_extraction_yaml_key_names_a_real_config_key():
     missing += [k for k in GENERATION_KEYS
                 if OmegaConf.select(conf, f"extraction.generation.{k}", default="<absent>") == "<absent>"]
     assert missing == []
+
+
+def test_load_sources_several_sets_and_name_clashes(tmp_path):
+    from traitlab.data.texts import load_sources
+
+    sources = load_sources(["smoke", "starter"], None, 2)
+    assert [(s.name, [it.id for it in s.items]) for s in sources] == [("smoke", ["s01", "s02"]),
+                                                                      ("starter", ["p01", "p02"])]
+    assert [s.name for s in load_sources("smoke", None, None)] == ["smoke"]
+    other = tmp_path / "smoke.json"
+    other.write_text('["hello"]')
+    with pytest.raises(ConfigError, match="share the name"):
+        load_sources(["smoke", str(other)], None, None)
+    with pytest.raises(ConfigError, match="prompt_set"):
+        load_sources([], None, None)
+
+
+def test_calibration_source_prefers_the_neutral_dir_then_prompt_sets(tmp_path, monkeypatch):
+    from traitlab.data.texts import load_calibration_source
+
+    neutral = load_calibration_source("neutral")  # no datasets/neutral/ yet: the shipped neutral prompt set
+    assert neutral.name == "neutral" and len(neutral.items) >= 30 and not neutral.given_responses
+    assert load_calibration_source("smoke").name == "smoke"  # any prompt set
+    root = tmp_path / "datasets"
+    (root / "neutral").mkdir(parents=True)
+    (root / "neutral" / "default.jsonl").write_text('{"prompt": "Hi", "response": "Hello."}\n'
+                                                    '{"prompt": "Time?", "response": "Noon."}\n')
+    monkeypatch.setenv("TRAITLAB_DATASETS", str(root))
+    found = load_calibration_source("neutral", max_prompts=1)
+    assert found.name == "neutral:default" and found.given_responses
+    assert [(it.prompt, it.response) for it in found.items] == [("Hi", "Hello.")]
+    with pytest.raises(ConfigError, match="inference.massive.set"):
+        load_calibration_source("no_such_set")

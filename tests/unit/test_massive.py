@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from traitlab.core.massive import (
     max_abs_per_dim,
     merge_records,
     record_max_abs,
+    record_peak_positions,
     summarize,
     zero_dims,
 )
@@ -130,3 +133,58 @@ def test_tracker_hooks_match_manual_max_on_padded_batch(tiny_llama):
     with torch.no_grad():
         tiny_llama(input_ids=ids)
     assert tracker.n_tokens == 10
+
+
+def test_tracker_records_where_each_dim_peaked_in_its_text():
+    t = MaxAbsTracker([0], max_tokens=100)
+    a = torch.zeros(2, 4, 3)
+    a[0, 3, 0] = 9.0  # row 0 has one pad position: token 3 of the batch is position 2 of its text
+    a[1, 1, 1] = -4.0
+    valid = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    t.update(0, a, valid)
+    assert t.max_abs()[0].tolist() == [9.0, 4.0, 0.0]
+    assert t.peak_positions()[0][:2].tolist() == [2, 1]
+    b = torch.zeros(1, 2, 3)
+    b[0, 0, 1] = 5.0  # a later, larger max moves the peak; a smaller one does not
+    b[0, 1, 0] = 1.0
+    t.update(0, b)
+    assert t.max_abs()[0].tolist() == [9.0, 5.0, 0.0] and t.peak_positions()[0][:2].tolist() == [2, 0]
+    rec = calibration_record(t.max_abs(), 12, t.peak_positions(), model="m")
+    assert rec["n_tokens"] == 12 and record_peak_positions(rec)[0][:2].tolist() == [2, 0]
+    assert record_peak_positions(calibration_record(t.max_abs(), 12)) == {}  # passive records may lack them
+
+
+def _planted_copy(tiny_llama, token: int, dim: int, value: float):
+    model = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[token, dim] = value  # the residual stream carries it to every layer
+    return model
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_calibration_finds_a_planted_massive_dim_at_the_first_token(tiny_llama, planted):
+    """A dim planted in the embedding of the token every text starts with is massive at every layer and peaks
+    at position 0 of its text, though texts of different lengths are left-padded in one batch; without the
+    plant the same calibration finds nothing."""
+    from traitlab.models.encoding import Encoded
+    from traitlab.monitor.scoring import calibrate_encoded
+
+    model = _planted_copy(tiny_llama, token=5, dim=11, value=400.0) if planted else tiny_llama
+    g = torch.Generator().manual_seed(1)
+    texts = [Encoded([5, *torch.randint(6, 128, (n,), generator=g).tolist()], 2) for n in (3, 9, 6, 12, 4)]
+    tracker = MaxAbsTracker(range(4), max_tokens=1000)
+    calibrate_encoded(model, texts, tracker, batch_size=3)
+    assert tracker.n_tokens == sum(len(e.ids) for e in texts) and tracker.n_texts == 5
+    rows = summarize(tracker.max_abs(), 100.0, tracker.peak_positions())
+    if planted:
+        assert [(r["layer"], r["dim"], r["peak_position"]) for r in rows] == [(ly, 11, 0) for ly in range(4)]
+        assert all(r["ratio_to_median"] > 1000 for r in rows)
+    else:
+        assert rows == []
+        assert max(float(m.max() / m.median()) for m in tracker.max_abs().values()) < 20
+
+
+def test_layer_ranges_name_runs_of_layers():
+    from traitlab.monitor.calibration import layer_ranges
+
+    assert layer_ranges([28, 2, 11, 12, 13, 27]) == "2, 11-13, 27-28" and layer_ranges([5]) == "5"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from traitlab.config.infer import MassiveConfig
 from traitlab.config.schema import GenerationConfig, TrackingConfig
 from traitlab.models.loading import ModelSpec
 
@@ -44,6 +45,9 @@ class UseConfig:
 
 @dataclass
 class GenerateConfig(UseConfig):
+    clean_massive: bool = False  # zero the massive-activation dims of the monitored vectors before projecting
+    calibration: str = "passive"  # passive: the model's stored calibration (else one on these prompts) | neutral
+    massive: MassiveConfig = field(default_factory=MassiveConfig)  # ratio, max_tokens, set (as inference.massive)
     prompt: str | None = None  # one prompt (instead of the prompt set)
     system_prompt: str | None = None  # with prompt=
     prompt_set: str = "starter"  # datasets/inference/<name>.json or a path

@@ -13,12 +13,15 @@ from traitlab.config.schema import GenerationConfig, TrackingConfig
 from traitlab.models.loading import ModelSpec
 
 MODES = ("stream", "capture", "reproject", "from_responses")
+CALIBRATIONS = ("passive", "neutral")
 
 
 @dataclass
 class MassiveConfig:
     ratio: float = 100.0  # a dim is massive when its max |h| > ratio x the median dim's max |h|
-    max_tokens: int = 5000  # prefill tokens the first run on a model looks at to calibrate
+    max_tokens: int = 5000  # prefill tokens a calibration looks at
+    set: str = "neutral"  # calibration=neutral: datasets/neutral/<name>, a prompt set name, or a file
+    max_new_tokens: int = 48  # responses the neutral set lacks: greedy, this long (fixed, so one calibration per set)
 
 
 @dataclass
@@ -28,6 +31,9 @@ class InferenceConfig:
     score_mode: str = "normalized"  # raw | normalized (÷ mean ‖h‖ of the response) | cosine (÷ ‖h‖)
     centered: bool = True  # subtract the vector's baseline (training centroid projection): 0 = neutral
     clean_massive: bool = False  # zero the massive dims of the vectors before projecting
+    # passive: dims recorded from the texts scored by the first run on a model; neutral: from an explicit
+    # calibration on massive.set, stored per model identity (analysis=calibration runs it on its own)
+    calibration: str = "passive"
     massive: MassiveConfig = field(default_factory=MassiveConfig)
     component: str = "residual"  # vectors of this component are projected
     method: str | None = None  # only vectors of this method (null: the trait's extraction setting, else any)

@@ -20,7 +20,7 @@ from traitlab.config.schema import (
 )
 from traitlab.models.loading import ModelSpec
 
-MODES = ("search", "baseline", "ablation", "rescore")
+MODES = ("search", "baseline", "ablation", "rescore", "ensemble")
 SAMPLERS = ("adaptive", "tpe", "grid")
 OBJECTIVES = ("propensity", "judge", "scorer")
 
@@ -56,6 +56,36 @@ class PropensityConfig:
 
 
 @dataclass
+class CapabilityConfig:
+    """Multiple-choice accuracy measured unsteered, prompted and at every tried coefficient (one batched
+    forward pass per round, no generation). Off while `set` and `path` are both null."""
+
+    set: str | None = None             # a set under datasets/capability/ (starter), or
+    path: str | None = None            # a user's file in MMLU's column layout (csv or jsonl)
+    n_items: int | None = 40           # the first N items (null: all)
+    scoring: str = "text"              # text (option text log-prob; small models) | letter (MMLU's standard)
+    batch_size: int = 32               # forward rows (setting x item x option), halves on out-of-memory
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.set or self.path)
+
+
+@dataclass
+class EnsembleConfig:
+    """mode=ensemble: one weight per member vector (each layer of `layers`, x each method of `methods`), the
+    members added together, the weights searched by Optuna's CMA-ES against steering.objective."""
+
+    methods: list[str] | None = None  # other methods whose vectors join `method`'s: every method x layer is a member
+    trials: int = 16                  # weight vectors measured
+    popsize: int = 4                  # CMA-ES population (>= 4): the candidates of one batched round
+    high: float = 0.4                 # each weight in [0, high], in units of base = ||h_layer|| / ||v||; CMA-ES
+    #                                   starts at high / 2 per member
+    start: float | None = None        # the first trial's weights (all equal, measured first as a reference);
+    #                                   null: steering.start_mult / number of members (one layer's first push)
+
+
+@dataclass
 class SteeringConfig:
     """conf/steering/default.yaml."""
 
@@ -82,6 +112,12 @@ class SteeringConfig:
     top_p: float = 1.0
     prompted_system_prompt: str | None = None  # null: the trait's first positive (negative if direction<0)
     study: StudyConfig = field(default_factory=StudyConfig)
+    capability: CapabilityConfig = field(default_factory=CapabilityConfig)
+    entanglement: Any = None           # null | registry (every other trait with vectors for this model) | [traits]:
+    #                                    the chosen coefficient's propensity shift on each one's held-out pairs
+    max_capability_drop: float | None = None  # a trial whose accuracy falls more than this (0-1, steered minus
+    #                                           unsteered, point estimate) is infeasible, beside coherence
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 @dataclass
@@ -95,7 +131,9 @@ class SteerConfig:
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     layers: Any = "30%-60%"          # layer DSL string or list
-    mode: str = "search"             # search | baseline | ablation | rescore
+    traits: list[str] | None = None  # mode=search over several traits together (their trials share batches);
+    #                                  each gets its own studies and steer run under one parent; `trait` unused
+    mode: str = "search"             # search | baseline | ablation | rescore | ensemble
     rescore_from: str | None = None  # mode=rescore: a steer run id (null: the newest matching one)
     seed: int = 42
     force: bool = False

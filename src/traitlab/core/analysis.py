@@ -1,5 +1,6 @@
 """Math behind the inference views and analyses: token projections, score modes, lagged correlation,
-top-activating spans, model-diff effect sizes, the logit lens of a vector and trajectory dynamics.
+response-level correlation with its interval, top-activating spans and segments, model-diff effect sizes,
+the logit lens of a vector and trajectory dynamics.
 
 Pure torch (+ numpy via core.metrics); plain tensors and floats in and out, so every function can be
 checked on planted values without a model.
@@ -10,10 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 from torch import Tensor
 
+from traitlab.core.stats import Interval  # one interval type for every delta and estimate
 from traitlab.core.vecmath import SCORE_MODES, derivative
 from traitlab.errors import ConfigError, TraitlabError
 
@@ -132,6 +135,29 @@ def correlation_matrix(series: Mapping[str, Sequence[Tensor]], lag: int = 0) -> 
     return names, mat
 
 
+def pearson_interval(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor, level: float = 0.95) -> Interval:
+    """Pearson r of paired values (``Interval.mean``) with its Fisher-z interval and the pairs used.
+
+    Pairs with a NaN on either side are dropped. r is NaN with fewer than 3 pairs or a constant side; the
+    interval (``tanh(atanh r +- z / sqrt(n - 3))``) is NaN with fewer than 4 pairs. |r| = 1 gives [r, r].
+    """
+    a = torch.as_tensor(x, dtype=torch.float64).flatten()
+    b = torch.as_tensor(y, dtype=torch.float64).flatten()
+    if a.shape != b.shape:
+        raise AnalysisError(f"pearson_interval: {a.numel()} x values and {b.numel()} y values; expected pairs")
+    keep = ~(torch.isnan(a) | torch.isnan(b))
+    a, b = a[keep], b[keep]
+    n = int(a.numel())
+    r = _pearson(a, b)
+    if not math.isfinite(r) or n < 4:
+        return Interval(r, math.nan, math.nan, n, level)
+    r = max(-1.0, min(1.0, r))
+    if abs(r) == 1.0:
+        return Interval(r, r, r, n, level)
+    z, half = math.atanh(r), NormalDist().inv_cdf(0.5 + level / 2) / math.sqrt(n - 3)
+    return Interval(r, math.tanh(z - half), math.tanh(z + half), n, level)
+
+
 # -------------------------------------------------------------------------------------------- spans
 
 
@@ -170,6 +196,31 @@ def top_spans(seqs: Sequence[Tensor], window: int, k: int, largest: bool = True)
         if len(out) == k:
             break
     return out
+
+
+def rank_segments(
+    seqs: Sequence[Tensor], segments: Sequence[Sequence[tuple[int, int]]], k: int, largest: bool = True,
+    min_tokens: int = 1,
+) -> list[Span]:
+    """The ``k`` given segments (``segments[i]``: ``[start, stop)`` offsets into ``seqs[i]``) with the highest
+    (or lowest) mean score. NaN scores are left out of a mean; a segment with fewer than ``min_tokens``
+    scored tokens is not ranked."""
+    if k < 1 or min_tokens < 1:
+        raise AnalysisError(f"rank_segments: k and min_tokens must be >= 1, got k={k}, min_tokens={min_tokens}")
+    if len(seqs) != len(segments):
+        raise AnalysisError(f"rank_segments: {len(seqs)} sequences but {len(segments)} segment lists")
+    ranked: list[Span] = []
+    for i, (s, segs) in enumerate(zip(seqs, segments, strict=True)):
+        s = torch.as_tensor(s).double().flatten()
+        for start, stop in segs:
+            if not 0 <= start < stop <= s.numel():
+                raise AnalysisError(f"rank_segments: segment [{start}, {stop}) outside sequence {i} of {s.numel()}")
+            part = s[start:stop]
+            part = part[~torch.isnan(part)]
+            if part.numel() >= min_tokens:
+                ranked.append(Span(i, start, stop, float(part.mean())))
+    ranked.sort(key=lambda sp: (-sp.mean if largest else sp.mean, sp.seq, sp.start))
+    return ranked[:k]
 
 
 # --------------------------------------------------------------------------------------- model diff

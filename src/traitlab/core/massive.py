@@ -43,6 +43,20 @@ def max_abs_per_dim(acts: Tensor, valid: Tensor | None = None) -> Tensor:
     return a.reshape(-1, a.shape[-1]).amax(dim=0)
 
 
+def max_abs_and_position(acts: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Each dim's max |h| over tokens [D] and where it was: the token's position in its own text
+    (0 = first real token, padding not counted) [D] long. Same input contract as ``max_abs_per_dim``."""
+    m = max_abs_per_dim(acts, valid)  # validates shapes
+    a = acts.detach().float().abs()
+    if valid is not None:
+        a = a * valid.to(device=a.device, dtype=a.dtype).unsqueeze(-1)
+        positions = valid.to(device=a.device, dtype=torch.long).cumsum(-1) - 1
+    else:
+        positions = torch.arange(a.shape[-2], device=a.device).expand(a.shape[:-1])
+    idx = a.reshape(-1, a.shape[-1]).argmax(dim=0)
+    return m, positions.reshape(-1)[idx].cpu()
+
+
 def massive_dims(max_abs: Tensor, ratio: float = DEFAULT_RATIO) -> list[int]:
     """Dims whose max |h| is more than ``ratio`` x the median dim's max |h|, sorted by index."""
     if not ratio > 0:
@@ -54,6 +68,13 @@ def massive_dims(max_abs: Tensor, ratio: float = DEFAULT_RATIO) -> list[int]:
     if median <= 0:
         return []  # an all-zero (never calibrated) layer has no outliers to speak of
     return torch.nonzero(m > ratio * median).flatten().tolist()
+
+
+def ratios_to_median(max_abs: Tensor) -> Tensor:
+    """Each dim's max |h| over the median dim's (NaN for a layer whose median is 0: never calibrated)."""
+    m = torch.as_tensor(max_abs).float()
+    median = float(m.median())
+    return m / median if median > 0 else torch.full_like(m, float("nan"))
 
 
 def detect_massive_dims(
@@ -90,22 +111,33 @@ class MaxAbsTracker:
         self.layers = sorted(set(int(x) for x in layers))
         self.max_tokens = max_tokens
         self.n_tokens = 0
+        self.n_texts = 0
         self._max: dict[int, Tensor] = {}
+        self._peak: dict[int, Tensor] = {}  # position in its text of the token holding each dim's max
 
     @property
     def full(self) -> bool:
         return self.n_tokens >= self.max_tokens
 
     def update(self, layer: int, acts: Tensor, valid: Tensor | None = None) -> None:
-        m = max_abs_per_dim(acts, valid).cpu()
+        m, pos = max_abs_and_position(acts, valid)
+        m = m.cpu()
         prev = self._max.get(layer)
-        self._max[layer] = m if prev is None else torch.maximum(prev, m)
+        if prev is None:
+            self._max[layer], self._peak[layer] = m, pos
+        else:
+            self._peak[layer] = torch.where(m > prev, pos, self._peak[layer])
+            self._max[layer] = torch.maximum(prev, m)
 
-    def add_tokens(self, n: int) -> None:
+    def add_tokens(self, n: int, texts: int = 0) -> None:
         self.n_tokens += int(n)
+        self.n_texts += int(texts)
 
     def max_abs(self) -> dict[int, Tensor]:
         return dict(self._max)
+
+    def peak_positions(self) -> dict[int, Tensor]:
+        return dict(self._peak)
 
     @contextmanager
     def hooks(
@@ -128,7 +160,7 @@ class MaxAbsTracker:
                 v = valid if valid is None or valid.shape == h.shape[:2] else valid[:, -h.shape[1] :]
                 self.update(layer, h, v)
                 if layer == first:
-                    self.add_tokens(int(v.sum()) if v is not None else h.shape[0] * h.shape[1])
+                    self.add_tokens(int(v.sum()) if v is not None else h.shape[0] * h.shape[1], h.shape[0])
 
             return hook
 
@@ -144,16 +176,31 @@ class MaxAbsTracker:
 # ------------------------------------------------------------------------------- calibration records
 
 
-def calibration_record(max_abs_by_layer: Mapping[int, Tensor], n_tokens: int, **meta: Any) -> dict[str, Any]:
-    """JSON-ready record: every dim's max |h| per layer, plus caller metadata (model, component, ...)."""
-    return {
-        "version": CALIBRATION_VERSION,
-        **meta,
-        "layers": {
-            str(layer): {"max_abs": [round(float(x), 6) for x in m.tolist()], "n_tokens": int(n_tokens)}
-            for layer, m in sorted(max_abs_by_layer.items())
-        },
-    }
+def calibration_record(
+    max_abs_by_layer: Mapping[int, Tensor],
+    n_tokens: int,
+    peak_positions: Mapping[int, Tensor] | None = None,
+    **meta: Any,
+) -> dict[str, Any]:
+    """JSON-ready record: every dim's max |h| per layer (and, when given, the position in its text of the
+    token that held it), plus caller metadata (model, component, source, ...)."""
+    layers: dict[str, Any] = {}
+    for layer, m in sorted(max_abs_by_layer.items()):
+        entry: dict[str, Any] = {"max_abs": [round(float(x), 6) for x in m.tolist()], "n_tokens": int(n_tokens)}
+        if peak_positions is not None and layer in peak_positions:
+            entry["peak_position"] = [int(p) for p in peak_positions[layer].tolist()]
+        layers[str(layer)] = entry
+    return {"version": CALIBRATION_VERSION, **meta, "n_tokens": int(n_tokens), "layers": layers}
+
+
+def record_peak_positions(record: Mapping[str, Any]) -> dict[int, Tensor]:
+    """Per-layer peak positions of a calibration record (layers recorded without them are absent)."""
+    out = {}
+    for key, entry in record.get("layers", {}).items():
+        pos = entry.get("peak_position") if isinstance(entry, Mapping) else None
+        if isinstance(pos, list) and pos:
+            out[int(key)] = torch.tensor(pos, dtype=torch.long)
+    return out
 
 
 def record_max_abs(record: Mapping[str, Any]) -> dict[int, Tensor]:
@@ -183,18 +230,24 @@ def merge_records(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict
     return merged
 
 
-def summarize(max_abs_by_layer: Mapping[int, Tensor], ratio: float = DEFAULT_RATIO) -> list[dict[str, Any]]:
-    """Rows (layer, dim, max_abs, ratio to median) of every massive dim, for a table artifact."""
+def summarize(
+    max_abs_by_layer: Mapping[int, Tensor],
+    ratio: float = DEFAULT_RATIO,
+    peak_positions: Mapping[int, Tensor] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows (layer, dim, max_abs, ratio to median[, peak_position]) of every massive dim, for a table."""
     rows = []
     for layer, m in sorted(max_abs_by_layer.items()):
         median = float(torch.as_tensor(m).float().median())
+        peaks = (peak_positions or {}).get(layer)
         for d in massive_dims(m, ratio):
-            rows.append(
-                {
-                    "layer": int(layer),
-                    "dim": d,
-                    "max_abs": float(m[d]),
-                    "ratio_to_median": float(m[d]) / median if median > 0 else float("inf"),
-                }
-            )
+            row = {
+                "layer": int(layer),
+                "dim": d,
+                "max_abs": float(m[d]),
+                "ratio_to_median": float(m[d]) / median if median > 0 else float("inf"),
+            }
+            if peaks is not None:
+                row["peak_position"] = int(peaks[d])
+            rows.append(row)
     return rows

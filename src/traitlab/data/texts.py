@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from traitlab.data.prompt_sets import load_prompt_set
 from traitlab.data.readers import read_json_document, type_name
@@ -99,6 +100,60 @@ def load_source(prompt_set: str, responses: str | None, max_prompts: int | None)
             raise ConfigError("inference.max_prompts", f"{max_prompts} must be >= 1 (or null for all)")
         items = items[:max_prompts]
     return Source(name, items, given)
+
+
+def load_sources(prompt_sets: Any, responses: str | None, max_prompts: int | None,
+                 key: str = "prompt_set") -> list[Source]:
+    """Several texts to score at once: ``prompt_set=[starter,smoke]`` (names or .json paths), each a Source
+    whose name tags its records; a responses file when given (one source)."""
+    if responses:
+        return [load_source("", responses, max_prompts)]
+    names = [prompt_sets] if isinstance(prompt_sets, str) else list(prompt_sets or [])
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(key, f"{prompt_sets!r}: expected a prompt set name or a list of them, e.g. [starter,smoke]")
+    sources = [load_source(n, None, max_prompts) for n in names]
+    seen = [s.name for s in sources]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(key, f"{names}: two sets share the name {sorted({n for n in seen if seen.count(n) > 1})}; "
+                               "records are tagged with it, so names must differ")
+    return sources
+
+
+# ------------------------------------------------------------------------------------ calibration sets
+
+NEUTRAL = "neutral"
+
+
+def load_calibration_source(spec: str, max_prompts: int | None = None, key: str = "inference.massive.set") -> Source:
+    """The texts a neutral massive-activation calibration runs on.
+
+    ``neutral``: datasets/neutral/default.* (everyday prompts with plain responses, in the trait formats) when
+    present, else the prompt set datasets/inference/neutral.json. Another name: datasets/neutral/<name>.*, else
+    the prompt set of that name (``smoke``, ``starter``). A path: a .jsonl/.txt file in the trait formats or a
+    .json prompt set. Items without a response are answered by the model (cached) before calibrating.
+    """
+    from traitlab.data.traits import FORMATS, load_examples
+    from traitlab.paths import datasets_dir
+
+    name = "default" if spec == NEUTRAL else spec
+    neutral_dir = datasets_dir() / "neutral"
+    found = next((neutral_dir / f"{name}{ext}" for ext in FORMATS if (neutral_dir / f"{name}{ext}").is_file()), None)
+    path = Path(spec).expanduser()
+    if found is None and path.suffix in (".jsonl", ".txt") and path.is_file():
+        found = path
+    if found is not None:
+        examples = load_examples(found)
+        items = [TextItem(str(i), e.prompt, e.system_prompt, e.response) for i, e in enumerate(examples)]
+        label = f"{NEUTRAL}:{name}" if found.parent == neutral_dir else str(found)
+        source = Source(label, items, all(e.response for e in examples))
+    else:
+        try:
+            source = load_source(spec, None, None)
+        except ConfigError as e:
+            raise ConfigError(key, f"{spec!r} is not a set under {neutral_dir}, a prompt set or a file ({e})") from None
+    if max_prompts is not None:
+        source = Source(source.name, source.items[:max_prompts], source.given_responses)
+    return source
 
 
 # -------------------------------------------------------------------------------------- conversations

@@ -110,13 +110,30 @@ def propensity(lm: LoadedModel, pairs: Sequence[ResponsePair], settings: Sequenc
                system_prompt: str | None = None, component: str = "residual", batch_size: int = 16,
                max_response_tokens: int | None = None) -> torch.Tensor:
     """[len(settings), len(pairs)] propensities: every (setting, pair, side) row in shared batches."""
-    enc = encode_pairs(lm, pairs, system_prompt, max_response_tokens)
+    return propensity_groups(lm, [(pairs, settings)], system_prompt=system_prompt, component=component,
+                             batch_size=batch_size, max_response_tokens=max_response_tokens)[0]
+
+
+def propensity_groups(lm: LoadedModel, groups: Sequence[tuple[Sequence[ResponsePair], Sequence[Setting]]], *,
+                      system_prompt: str | None = None, component: str = "residual", batch_size: int = 16,
+                      max_response_tokens: int | None = None) -> list[torch.Tensor]:
+    """One [len(settings), len(pairs)] tensor per (pairs, settings) group, every group's (setting, pair, side)
+    rows in the same length-sorted forward batches: several traits' trials share their forward passes."""
     rows: list[Encoded] = []
     row_settings: list[Setting] = []
-    for s in settings:
-        for pos, neg in enc:
-            rows += [pos, neg]
-            row_settings += [s, s]
+    shapes = []
+    for pairs, settings in groups:
+        enc = encode_pairs(lm, pairs, system_prompt, max_response_tokens)
+        for s in settings:
+            for pos, neg in enc:
+                rows += [pos, neg]
+                row_settings += [s, s]
+        shapes.append((len(settings), len(pairs)))
     lp = torch.tensor(response_logprobs(lm, rows, row_settings, component=component, batch_size=batch_size),
-                      dtype=torch.float64).view(len(settings), len(pairs), 2)
-    return lp[..., 0] - lp[..., 1]
+                      dtype=torch.float64) if rows else torch.zeros(0, dtype=torch.float64)
+    out, start = [], 0
+    for k, n in shapes:
+        part = lp[start:start + 2 * k * n].view(k, n, 2)
+        out.append(part[..., 0] - part[..., 1])
+        start += 2 * k * n
+    return out

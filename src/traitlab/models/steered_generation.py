@@ -22,7 +22,7 @@ Models with mixed attention layer types (sliding/full) fall back to the unshared
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -41,9 +41,14 @@ Setting = Sequence[tuple[int, Tensor, float]] | None
 
 def generate_steered_shared(lm: LoadedModel, prompt_texts: Sequence[str], settings: Sequence[Setting], *,
                             component: str = "residual", gen: GenerationConfig | None = None,
-                            seed: int = 0, share_prefill: bool = True) -> list[list[str]]:
+                            seed: int = 0, share_prefill: bool = True,
+                            prompts_of: Sequence[Sequence[int]] | None = None) -> list[list[str]]:
     """Responses [setting][prompt]: row = setting x prompt, steered by its setting's (layer, vector,
     coefficient) list (None: unsteered) through PerSampleSteering, the prompt prefill shared across settings.
+
+    `prompts_of[s]`: the prompt indices setting s is answered on (None: every prompt), so settings of
+    different question sets (several traits' trials) share one call; the result lists each setting's answers
+    in the order of its `prompts_of` entry.
 
     Batches hold up to `gen.batch_size` rows, all settings of a prompt together; a batch that runs out of
     memory is split in halves (each half keeps its rows' steering). `share_prefill=False` runs every row's
@@ -53,9 +58,14 @@ def generate_steered_shared(lm: LoadedModel, prompt_texts: Sequence[str], settin
     n, k = len(prompt_texts), len(settings)
     if n == 0 or k == 0:
         return [[] for _ in settings]
+    if prompts_of is None:
+        prompts_of = [range(n)] * k
+    if len(prompts_of) != k:
+        raise ValueError(f"prompts_of has {len(prompts_of)} entries for {k} settings")
+    wanted = {si * n + q for si, qs in enumerate(prompts_of) for q in qs}
     enc = [encode(lm.tokenizer, t) for t in prompt_texts]
     configs = [(layer, v, float(coef), si * n + q) for si, s in enumerate(settings) if s
-               for layer, v, coef in s for q in range(n)]
+               for layer, v, coef in s for q in dict.fromkeys(prompts_of[si])]
     hook = PerSampleSteering(lm.model, configs, batch_size=n * k, component=component) if configs else None
     n_layers = lm.n_layers
     branch = [min((layer for layer, _, _ in s), default=n_layers) if s else n_layers for s in settings]
@@ -75,24 +85,36 @@ def generate_steered_shared(lm: LoadedModel, prompt_texts: Sequence[str], settin
                                    seed=seed, past_key_values=cache)
 
     texts: list[str] = [""] * (n * k)
-    for rows in row_batches(enc, k, gen.batch_size):
+    for rows in row_batches(enc, k, gen.batch_size, wanted):
         for r, g in zip(rows, run_halving(run, rows), strict=True):
             texts[r] = g.text
-    return [texts[si * n:(si + 1) * n] for si in range(k)]
+    return [[texts[si * n + q] for q in prompts_of[si]] for si in range(k)]
 
 
-def row_batches(enc: Sequence[Encoded], n_settings: int, batch_size: int) -> list[list[int]]:
+def row_batches(enc: Sequence[Encoded], n_settings: int, batch_size: int,
+                wanted: Collection[int] | None = None) -> list[list[int]]:
     """Row ids (setting * n_prompts + prompt) in batches of <= batch_size: prompts longest first, and all
-    settings of a prompt in the same batch where batch_size allows, so they can share its prefill."""
+    settings of a prompt in the same batch where batch_size allows, so they can share its prefill.
+    `wanted`: the row ids to generate (None: every setting x prompt)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(enc)
     order = sorted(range(n), key=lambda q: (-enc[q].seq_len, q))
-    per = max(1, batch_size // n_settings)
-    batches = []
-    for i in range(0, n, per):
-        rows = [si * n + q for q in order[i:i + per] for si in range(n_settings)]
-        batches += [rows[j:j + batch_size] for j in range(0, len(rows), batch_size)]
+    per_prompt = {q: [si * n + q for si in range(n_settings) if wanted is None or si * n + q in wanted]
+                  for q in order}
+    batches: list[list[int]] = []
+    rows: list[int] = []
+    for q in order:  # whole prompts while they fit, so a prompt's settings share its prefill
+        group = per_prompt[q]
+        if rows and len(rows) + len(group) > batch_size:
+            batches.append(rows)
+            rows = []
+        rows += group
+        while len(rows) > batch_size:
+            batches.append(rows[:batch_size])
+            rows = rows[batch_size:]
+    if rows:
+        batches.append(rows)
     return batches
 
 

@@ -143,6 +143,16 @@ def series_by_label(records: Sequence[dict[str, Any]]) -> dict[str, list[Tensor]
     }
 
 
+def span_row(records: Sequence[dict[str, Any]], sp: Any, label: dict[str, Any], rank: int, largest: bool,
+             unit: str) -> dict[str, Any]:
+    """The table row of one ranked span (a core.analysis.Span into ``records[sp.seq]``'s response tokens)."""
+    rec = records[sp.seq]
+    start = rec["n_prompt_tokens"]
+    return {**label, "unit": unit, "direction": "top" if largest else "bottom", "rank": rank,
+            "source": rec.get("source"), "prompt_id": rec["prompt_id"], "start": sp.start, "stop": sp.stop,
+            "mean": sp.mean, "text": "".join(rec["tokens"][start + sp.start : start + sp.stop])}
+
+
 def span_rows(
     records: Sequence[dict[str, Any]],
     seqs: list[Tensor],
@@ -152,21 +162,24 @@ def span_rows(
     largest: bool,
 ) -> list[dict[str, Any]]:
     """Rows of the k top (or bottom) windows of ``seqs`` (response scores or deltas, one per record)."""
-    rows = []
-    for rank, sp in enumerate(top_spans([s.nan_to_num(0.0) for s in seqs], window, k, largest=largest)):
-        rec = records[sp.seq]
-        start = rec["n_prompt_tokens"]
-        text = "".join(rec["tokens"][start + sp.start : start + sp.stop])
-        rows.append(
-            {
-                **label,
-                "direction": "top" if largest else "bottom",
-                "rank": rank,
-                "prompt_id": rec["prompt_id"],
-                "start": sp.start,
-                "stop": sp.stop,
-                "mean": sp.mean,
-                "text": text,
-            }
-        )
-    return rows
+    spans = top_spans([s.nan_to_num(0.0) for s in seqs], window, k, largest=largest)
+    return [span_row(records, sp, label, rank, largest, "window") for rank, sp in enumerate(spans)]
+
+
+def response_means(records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """{"trait Llayer": [mean response-token score of each record]} (NaN for a record with no scored token)."""
+    out = {}
+    for lab, seqs in series_by_label(records).items():
+        vals = []
+        for s in seqs:
+            s = s[~torch.isnan(s)]
+            vals.append(float(s.mean()) if s.numel() else math.nan)
+        out[lab] = vals
+    return out
+
+
+
+def split_label(label: str) -> tuple[str, int]:
+    """"starter/optimism L12" -> ("starter/optimism", 12): the labels series_by_label uses."""
+    trait, layer = label.rsplit(" L", 1)
+    return trait, int(layer)

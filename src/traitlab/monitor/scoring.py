@@ -153,7 +153,7 @@ def calibrate_encoded(
     pad_id: int = 0,
     device: torch.device | str = "cpu",
 ) -> None:
-    """A calibration-only prefill (used when cleaning needs the massive dims before the scoring pass)."""
+    """A calibration-only prefill (an explicit calibration, or cleaning that needs the dims before scoring)."""
     trunk = base_model(model)
     for rows in _batches(encoded, batch_size):
         if tracker.full:
@@ -173,7 +173,7 @@ def score_items(
     vectors: Sequence[TraitVector],
     inf: InferenceConfig,
     *,
-    source: str,
+    source: str | Sequence[str],
     tracker: MaxAbsTracker | None = None,
     encoded: Sequence[Encoded] | None = None,
     tokenizer: Any = None,
@@ -181,9 +181,11 @@ def score_items(
 ) -> list[dict[str, Any]]:
     """Stream-through scoring of items that already carry responses -> per-prompt records.
 
+    ``source`` tags the records (one name, or one per item when items come from several sets);
     ``encoded`` / ``tokenizer`` (default: ``lm``'s) let a model diff run one variant's tokens through
     another variant; ``clean_massive`` (default ``inf.clean_massive``) is what the records say about cleaning.
     """
+    sources = [source] * len(items) if isinstance(source, str) else list(source)
     tokenizer = tokenizer if tokenizer is not None else lm.tokenizer
     stacked, columns = vectors_by_layer(vectors)
     encoded = encoded if encoded is not None else encode_items(lm, items, inf.max_length)
@@ -205,10 +207,10 @@ def score_items(
             vectors,
             columns,
             model=lm.name,
-            source=source,
+            source=src,
             score_mode=inf.score_mode,
             centered=inf.centered,
             clean_massive=inf.clean_massive if clean_massive is None else clean_massive,
         )
-        for it, s in zip(items, scored, strict=True)
+        for it, s, src in zip(items, scored, sources, strict=True)
     ]

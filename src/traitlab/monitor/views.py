@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traitlab.core.massive import detect_massive_dims, record_max_abs, summarize
+import torch
+
+from traitlab.core.massive import detect_massive_dims, record_max_abs, record_peak_positions, summarize
 from traitlab.errors import ConfigError
 from traitlab.io import atomic_write_json, atomic_write_text, read_json
+from traitlab.monitor.calibration import calibration_label, max_ratios
 from traitlab.monitor.records import mean_scores, summary_rows, view_record
 from traitlab.monitor.run_index import index_data, page_scales
 from traitlab.tracking.artifacts import (
@@ -25,6 +28,7 @@ from traitlab.tracking.artifacts import (
     slug,
     view_page,
 )
+from traitlab.tracking.names import layer_metric
 from traitlab.tracking.runs import JobRun
 
 
@@ -90,8 +94,6 @@ def log_views(
 ) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
         pages = write_views(Path(tmp), records, title=title, max_figures=max_figures)
-        if calibration is not None:
-            atomic_write_text(Path(tmp) / MASSIVE_ARTIFACT, json.dumps(calibration, separators=(",", ":")))
         run.log_artifacts(tmp)
     for (trait, layer), value in sorted(mean_scores(records).items()):
         if math.isfinite(value):
@@ -106,14 +108,39 @@ def log_views(
         f"{TABLES}/responses.json",
     )
     if calibration is not None:
-        max_abs = record_max_abs(calibration)
-        dims = detect_massive_dims(max_abs, ratio)
-        rows = summarize(max_abs, ratio)
-        if rows:
-            run.log_table({k: [r[k] for r in rows] for k in rows[0]}, f"{TABLES}/massive_dims.json")
-        for layer, d in dims.items():
-            run.log_metric("massive_dims", len(d), step=layer)
+        log_calibration(run, calibration, ratio)
     return pages[0] if pages else None
+
+
+def calibration_rows(calibration: dict[str, Any], ratio: float) -> list[dict[str, Any]]:
+    """One row per massive (layer, dim): max |h|, its ratio to the median dim, where its peak token sat in
+    its text (when recorded) and which calibration found it."""
+    label = calibration_label(calibration)
+    rows = summarize(record_max_abs(calibration), ratio, record_peak_positions(calibration))
+    return [{**r, "max_abs": round(r["max_abs"], 3), "ratio_to_median": round(r["ratio_to_median"], 2),
+             "calibration": label} for r in rows]
+
+
+def log_calibration(run: JobRun, calibration: dict[str, Any], ratio: float) -> dict[int, list[int]]:
+    """The record (massive/calibration.json), its massive dims as tables/massive_dims.json, ``layer/massive_dims``
+    and ``layer/max_ratio`` (the largest dim's max |h| over the median dim's; step = layer), the tokens it rests
+    on and a ``massive_calibration`` tag (passive | neutral:<set>)."""
+    run.log_text(json.dumps(calibration, separators=(",", ":")), MASSIVE_ARTIFACT)
+    dims = detect_massive_dims(record_max_abs(calibration), ratio)
+    rows = calibration_rows(calibration, ratio)
+    if rows:
+        run.log_table({k: [r.get(k) for r in rows] for k in rows[0]}, f"{TABLES}/massive_dims.json")
+    for layer, d in dims.items():
+        run.log_metric(layer_metric("massive_dims"), len(d), step=layer)
+    for layer, r in max_ratios(calibration).items():
+        if bool(torch.isfinite(r).any()):
+            run.log_metric(layer_metric("max_ratio"), round(float(r.nan_to_num(0.0).max()), 2), step=layer)
+    # records written before the top-level count existed keep it per layer
+    n_tokens = calibration.get("n_tokens", max((e.get("n_tokens", 0) for e in calibration["layers"].values()),
+                                               default=0))
+    run.log_metric("n_calibration_tokens", int(n_tokens))
+    run.set_tag("massive_calibration", calibration_label(calibration))
+    return dims
 
 
 def first_page_of(run: JobRun) -> str | None:
@@ -182,3 +209,31 @@ def log_delta_views(
                 fig.axes[0].set_ylabel("score delta", fontsize=8)
                 fig.savefig(Path(tmp) / "model_diff" / f"{slug(pid)}.png", dpi=110)
         run.log_artifacts(tmp)
+
+
+def read_scored_records(client: Any, run_ids: Any, wanted: set[str], *, key: str) -> list[dict[str, Any]]:
+    """Records of one or several scored runs, keeping the trait x layer series in ``wanted`` ("trait Llayer").
+
+    Each record keeps its run's ``source`` (prompt set) tag; when two runs scored sets of the same name, the
+    tag gets the run id's first 8 characters so spans and tables still say where they came from.
+    """
+    ids = [run_ids] if isinstance(run_ids, str) else [str(r) for r in run_ids]
+    per_run = [read_run_records(client, rid, key=key) for rid in ids]
+    names = [{r.get("source") for r in recs} for recs in per_run]
+    for rid, recs, own in zip(ids, per_run, names, strict=True):
+        clash = any(own & other for other in names if other is not own)
+        for r in recs:
+            r["source_run"] = rid
+            if clash:
+                r["source"] = f"{r.get('source')}@{rid[:8]}"
+    records = [r for recs in per_run for r in recs]
+    have = sorted({f"{t} L{ly}" for r in records for t, d in r["traits"].items() for ly in d["layers"]})
+    if not wanted & set(have):
+        raise ConfigError("layers", f"run(s) {ids} scored {have}; traits/layers select {sorted(wanted)}")
+    for r in records:
+        r["traits"] = {
+            t: {"layers": {ly: e for ly, e in d["layers"].items() if f"{t} L{ly}" in wanted}}
+            for t, d in r["traits"].items()
+        }
+        r["traits"] = {t: d for t, d in r["traits"].items() if d["layers"]}
+    return records

@@ -3,7 +3,8 @@ ask -> evaluate-as-one-batch -> tell loop.
 
 One study per (vector, layer), maximising the objective's delta against the unsteered model (computed by the
 caller's evaluate), with the constraint coherence >= threshold set by `trial.set_constraint` (Optuna 5: TPE
-and `study.best_trial` read it; feasible means <= 0).
+and `study.best_trial` read it; feasible means <= 0), plus any the evaluate adds (`Outcome.constraints`:
+capability's drop beyond steering.max_capability_drop).
 
 Resuming is Optuna's job, not ours: studies live in sqlite (RDBStorage) with heartbeats. Trials of a job
 that died stop heart-beating; after `grace_period` `fail_stale_trials` marks them FAIL and the
@@ -385,6 +386,7 @@ class Outcome:
     value: float | None
     coherence: float | None
     user_attrs: dict[str, Any] = field(default_factory=dict)
+    constraints: dict[str, float] = field(default_factory=dict)  # more constraints beside coherence (<= 0: ok)
 
 
 Evaluate = Callable[[list[Candidate]], list[Outcome]]
@@ -398,6 +400,8 @@ def tell(s: SearchStudy, trial: Trial, magnitude: float, out: Outcome, threshold
         trial.set_user_attr(k, v)
     # An unscorable coherence counts as incoherent: a coefficient is accepted only on evidence.
     trial.set_constraint(CONSTRAINT, threshold - (out.coherence if out.coherence is not None else 0.0))
+    for name, value in out.constraints.items():  # e.g. capability: drop - max_capability_drop
+        trial.set_constraint(name, value if math.isfinite(value) else 1.0)  # unmeasured: infeasible, as above
     if out.value is None or not math.isfinite(out.value):
         s.study.tell(trial, state=TrialState.FAIL)
     else:

@@ -296,3 +296,83 @@ def measured_inference_batch_sizes(inf: Any, lm: LoadedModel, items: Sequence[Te
     prompts = [format_prompt(lm.tokenizer, it.prompt, it.system_prompt, lm.use_chat_template) + (it.response or "")
                for it in items]
     return with_measured_batch_sizes(inf, lm, prompts, prefix="inference")
+
+
+# ------------------------------------------------------------------------------ massive-activation calibration
+
+
+def neutral_calibration(lm: LoadedModel, component: str, massive: Any, *, max_length: int = 1024,
+                        batch_size: int = 8) -> dict[str, Any]:
+    """The model's massive-activation calibration on the neutral set ``massive.set``: computed once per model
+    identity, component and set (responses the set lacks are generated greedily, ``massive.max_new_tokens``
+    long, and cached), then read from the cache."""
+    from traitlab.monitor.calibration import (
+        calibrate_items,
+        covers,
+        load_calibration,
+        neutral_location,
+        save_calibration,
+    )
+
+    mkey = model_key(lm)
+    source, path = neutral_location(mkey, component, massive, max_length)
+    record = load_calibration(path)
+    if covers(record, range(lm.n_layers)):
+        return record
+    items = source.items
+    if not source.given_responses:
+        gen = GenerationConfig(max_new_tokens=massive.max_new_tokens, batch_size=batch_size)
+        examples = [Example(it.prompt, it.system_prompt, it.response) for it in items]
+        texts = responses_for(lm, examples, gen, seed=0, desc="neutral set")
+        items = [TextItem(it.id, it.prompt, it.system_prompt, t) for it, t in zip(items, texts, strict=True)]
+    record = calibrate_items(lm, items, component=component, max_tokens=massive.max_tokens, max_length=max_length,
+                             batch_size=batch_size, model=lm.name, model_identity=lm.identity.key,
+                             model_key=mkey, calibration="neutral",
+                             set=source.name, set_fingerprint=source.fingerprint(),
+                             source=f"neutral set {source.name}")
+    log.info("neutral calibration of %s on %s: %d texts, %d tokens -> %s", lm.name, source.name,
+             record["n_texts"], record["n_tokens"], path)
+    return save_calibration(path, record)
+
+
+def scoring_calibration(lm: LoadedModel, mode: str, component: str, massive: Any, items: Sequence[TextItem], *,
+                        max_length: int = 1024, batch_size: int = 8) -> dict[str, Any]:
+    """The calibration a scoring pass uses: ``neutral`` (see neutral_calibration), or ``passive``: the model's
+    stored record, or one made now from ``items`` (the texts about to be scored) when it lacks a layer."""
+    from traitlab.monitor.calibration import (
+        calibrate_items,
+        calibration_path,
+        covers,
+        load_calibration,
+        save_calibration,
+    )
+
+    if mode == "neutral":
+        return neutral_calibration(lm, component, massive, max_length=max_length, batch_size=batch_size)
+    mkey = model_key(lm)
+    path = calibration_path(mkey, component)
+    record = load_calibration(path)
+    if covers(record, range(lm.n_layers)):
+        return record
+    record = calibrate_items(lm, items, component=component, max_tokens=massive.max_tokens, max_length=max_length,
+                             batch_size=batch_size, model=lm.name, model_key=mkey, source="inference prefill")
+    return save_calibration(path, record)
+
+
+def clean_for_scoring(run: Any, lm: LoadedModel, vectors: list[Any], items: Sequence[TextItem], *,
+                      calibration: str, clean: bool, centered: bool, component: str, massive: Any,
+                      max_length: int = 1024, batch_size: int = 8) -> dict[str, Any] | None:
+    """Before a scoring pass: when cleaning or a ``neutral`` calibration is asked for, the calibration
+    (scoring_calibration; passive ones from ``items``) logged to ``run`` and, when cleaning, the massive dims
+    of ``vectors`` zeroed. Returns the record used (None: neither asked for)."""
+    from traitlab.monitor.vectors import apply_cleaning
+    from traitlab.monitor.views import log_calibration
+
+    if not (clean or calibration == "neutral"):
+        return None
+    record = scoring_calibration(lm, calibration, component, massive, items, max_length=max_length,
+                                 batch_size=batch_size)
+    dims = log_calibration(run, record, massive.ratio)
+    if clean:
+        apply_cleaning(vectors, dims, centered)
+    return record

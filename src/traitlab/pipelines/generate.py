@@ -27,6 +27,7 @@ from traitlab.errors import ConfigError
 from traitlab.io import content_hash
 from traitlab.models.identity import model_tags
 from traitlab.models.loading import LoadedModel, load_model
+from traitlab.monitor.calibration import check_calibration
 from traitlab.monitor.generation import MonitoredGeneration, generate_monitored
 from traitlab.monitor.records import build_record, response_scores
 from traitlab.monitor.scoring import decode_tokens
@@ -34,6 +35,7 @@ from traitlab.monitor.vectors import TraitVector, vector_keys, vectors_by_layer
 from traitlab.monitor.views import write_views
 from traitlab.pipelines.common import (
     check_monitored,
+    clean_for_scoring,
     conversation_text,
     model_key,
     monitor_component,
@@ -91,6 +93,7 @@ def load_conversations_of(cfg: GenerateConfig) -> tuple[str, list[Conversation]]
 def validate(cfg: GenerateConfig) -> tuple[str, list[Conversation], SteeringSetup]:
     """Everything checkable before the model loads."""
     check_score_mode(cfg.score_mode, "score_mode")
+    check_calibration(cfg, prefix="")
     name, convs = load_conversations_of(cfg)
     setup = steering_setup(cfg)
     check_monitored(cfg)
@@ -108,7 +111,7 @@ def _records(lm: LoadedModel, convs: list[Conversation], gens: list[MonitoredGen
         item = TextItem(f"{conv.id}/{condition}", conv.prompt, conv.system_prompt, g.text)
         rec = build_record(item, decode_tokens(lm.tokenizer, g.scored.token_ids), g.scored, vectors, columns,
                            model=lm.name, source=source, score_mode=cfg.score_mode, centered=False,
-                           clean_massive=False)
+                           clean_massive=cfg.clean_massive)
         rec.update(condition=condition, conversation=list(conv.messages))
         out.append(rec)
     return out
@@ -212,9 +215,12 @@ def run_generate(cfg: GenerateConfig, parent_run_id: str | None = None,
         if run.skipped:
             return result
         set_cap_thresholds(lm, setup, cfg.cap.quantile, experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
+        component = monitor_component(cfg, setup)  # the calibration covers the component the scores come from
+        clean_for_scoring(run, lm, monitored, [TextItem(c.id, c.prompt, c.system_prompt) for c in convs],
+                          calibration=cfg.calibration, clean=cfg.clean_massive, centered=False,
+                          component=component, massive=cfg.massive, batch_size=cfg.generation.batch_size)
         stacked, _ = vectors_by_layer(monitored)
         gen = asdict(cfg.generation)
-        component = monitor_component(cfg, setup)
         plain = generate_monitored(lm, texts, stacked, component=component, seed=cfg.seed, **gen)
         steered = generate_monitored(lm, texts, stacked, component=component, seed=cfg.seed,
                                      steering=lambda start: setup.apply(lm, start=start), **gen)

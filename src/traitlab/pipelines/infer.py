@@ -11,7 +11,8 @@ Modes: ``stream`` (the above), ``from_responses`` (score a {prompt, response} fi
 ``reproject`` (score a capture later, without loading the model; same math as the hooks).
 
 The first run on a model also records each dim's max |h| over ~5000 prefill tokens (massive-activation
-calibration, stored per model in the cache); ``clean_massive=true`` zeroes those dims of the vectors.
+calibration, stored per model in the cache); ``inference.calibration=neutral`` uses an explicit calibration on
+a neutral set instead (stored per model identity); ``clean_massive=true`` zeroes those dims of the vectors.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from traitlab.models.batching import check_batch_size
 from traitlab.models.encoding import pad_id_of
 from traitlab.models.identity import model_tags, vectors_key
 from traitlab.models.loading import LoadedModel, load_model
-from traitlab.monitor.calibration import calibration_path, covers, load_calibration, store_tracker
+from traitlab.monitor.calibration import (
+    calibration_path,
+    check_calibration,
+    covers,
+    load_calibration,
+    neutral_location,
+    store_tracker,
+)
 from traitlab.monitor.captures import (
     capture_sink,
     load_capture,
@@ -66,7 +74,12 @@ from traitlab.monitor.vectors import (
 )
 from traitlab.monitor.views import artifact_uri, first_page_of, log_views, unique_slugs, write_views
 from traitlab.paths import outputs_dir
-from traitlab.pipelines.common import fill_responses, measured_inference_batch_sizes, model_key
+from traitlab.pipelines.common import (
+    fill_responses,
+    measured_inference_batch_sizes,
+    model_key,
+    neutral_calibration,
+)
 from traitlab.tracking.runs import JobRun, job_run, stage_run
 
 log = logging.getLogger(__name__)
@@ -94,10 +107,7 @@ def validate(cfg: InferConfig) -> Source:
         raise ConfigError(
             "inference.component", f"{cfg.inference.component!r} is not one of {', '.join(COMPONENTS)}"
         )
-    if not cfg.inference.massive.ratio > 1:
-        raise ConfigError(
-            "inference.massive.ratio", f"{cfg.inference.massive.ratio} must be > 1 (default 100)"
-        )
+    check_calibration(cfg.inference)
     trait_list(cfg.traits)
     parse_layers(cfg.layers, 10_000, best=5_000)  # syntax now; the range once the model's depth is known
     return load_source(cfg.prompt_set, cfg.responses, cfg.inference.max_prompts)
@@ -208,9 +218,10 @@ def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id
             result.first_page, result.artifact_uri = first_page_of(run), artifact_uri(run)
             return result
         items = source.items if source.given_responses else fill_responses(lm, source.items, inf, cfg.seed)
-        calibration = load_calibration(cal_path)
+        neutral = inf.calibration == "neutral"
+        calibration = _neutral(lm, inf) if neutral else load_calibration(cal_path)
         tracker = None
-        if not covers(calibration, all_layers):
+        if not neutral and not covers(calibration, all_layers):
             tracker = MaxAbsTracker(all_layers, inf.massive.max_tokens)
             if inf.clean_massive:  # the dims must be known before projecting: calibrate first
                 calibrate_encoded(lm.model, encode_items(lm, items, inf.max_length), tracker,
@@ -226,6 +237,10 @@ def _run_stream(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_id
             calibration = store_tracker(cal_path, tracker, lm.name, mkey, inf.component)
             dims = detect_massive_dims(record_max_abs(calibration), inf.massive.ratio)
         return _finish(result, run, records, dims, inf, calibration, title=f"{source.name} · {lm.name} · {inf.score_mode}")
+
+
+def _neutral(lm: LoadedModel, inf: Any) -> dict[str, Any]:
+    return neutral_calibration(lm, inf.component, inf.massive, max_length=inf.max_length, batch_size=inf.batch_size)
 
 
 def _new_result(run: JobRun, mode: str, vectors: Sequence[Any], **extra: Any) -> InferResult:
@@ -277,6 +292,8 @@ def _run_capture(cfg: InferConfig, source: Source, lm: LoadedModel, parent_run_i
         files = [f"{s}.safetensors" for s in unique_slugs([it.id for it in items])]
         (root / "manifest.json").unlink(missing_ok=True)  # a half-rewritten capture must not look finished
         cal_path = calibration_path(mkey, inf.component)
+        if inf.calibration == "neutral":  # stored now, so reproject finds it without the model
+            _neutral(lm, inf)
         calibration = load_calibration(cal_path)
         tracker = None if covers(calibration, layers) else MaxAbsTracker(layers, inf.massive.max_tokens)
         capture_encoded(lm.model, encoded, layers, capture_sink(root, items, encoded, files, inf.component, tracker),
@@ -315,6 +332,13 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
     missing = sorted({tv.layer for tv in vectors} - set(manifest["layers"]))
     if missing:
         raise ConfigError("layers", f"layers {missing} were not captured at {root}; captured: {manifest['layers']}")
+    cal_path = calibration_path(manifest["model_key"], inf.component)
+    if inf.calibration == "neutral":  # no model here to calibrate with: it must be stored
+        cal_path = neutral_location(manifest["model_key"], inf.component, inf.massive, inf.max_length)[1]
+        if not covers(load_calibration(cal_path), sorted({tv.layer for tv in vectors})):
+            raise ConfigError("inference.calibration", f"no neutral calibration of {model} on {inf.massive.set!r} "
+                              f"is stored ({cal_path}); run python launchers/analyze.py analysis=calibration "
+                              "(same model and inference.massive.*) or mode=capture with inference.calibration=neutral")
     key = content_hash("infer-v1", "reproject", manifest["model_key"], source.fingerprint(), asdict(inf), cfg.seed,
                        vector_keys(vectors), str(root))
     tags = _tags(cfg, manifest.get("model_tags", {"model": model}), source, vectors, [tv.layer for tv in vectors],
@@ -328,7 +352,6 @@ def _run_reproject(cfg: InferConfig, source: Source, parent_run_id: str | None) 
             return result
         layers = sorted({tv.layer for tv in vectors})
         loaded = [load_capture(root, entry, layers) for entry in manifest["items"]]
-        cal_path = calibration_path(manifest["model_key"], inf.component)
         calibration = load_calibration(cal_path)
         if not covers(calibration, layers):
             tracker = track_captures(loaded, layers, inf.massive.max_tokens)

@@ -19,28 +19,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from contextlib import ExitStack
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from traitlab import faults
+from traitlab.config.schema import MethodConfig, TraitConfig
 from traitlab.config.steer import SteerConfig
 from traitlab.config.trait_overrides import apply_lookup_settings
 from traitlab.core.components import component_dim
-from traitlab.data import TraitDataset
+from traitlab.errors import ConfigError
 from traitlab.io import content_hash
 from traitlab.judge.factory import build_judge
 from traitlab.models.chat import format_prompt
-from traitlab.models.identity import identity_of, model_tags
+from traitlab.models.identity import model_tags
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.models.steering import activation_norms
-from traitlab.paths import outputs_dir
-from traitlab.pipelines import coef_search as cs
+from traitlab.pipelines import steer_ensemble as ens
 from traitlab.pipelines import steer_modes as modes
 from traitlab.pipelines import steer_results as out
+from traitlab.pipelines import steer_search as search
 from traitlab.pipelines.common import model_key, with_measured_batch_sizes
+from traitlab.pipelines.steer_entangle import entanglement_examples, measure_entanglement
 from traitlab.pipelines.steer_measures import (
     PROPENSITY,
     TRAIT,
@@ -50,146 +51,14 @@ from traitlab.pipelines.steer_measures import (
     scorer_measure,
 )
 from traitlab.pipelines.steer_prepare import Prepared, _gen, resolve_layers, validate_inputs
-from traitlab.pipelines.steer_results import LayerResult, SteerResult, layer_steerability, trial_row
-from traitlab.tracking.artifacts import slug
+from traitlab.pipelines.steer_results import SteerResult
 from traitlab.tracking.names import auto_batch_metric, layer_metric
 from traitlab.tracking.registry import VectorRef, fetch_vector
 from traitlab.tracking.runs import JobRun, job_run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_steer", "validate_inputs"]
-
-
-# --------------------------------------------------------------------------------------------- search
-
-
-def study_storage_path(cfg: SteerConfig, trait: TraitDataset) -> Path:
-    root = Path(cfg.steering.study.storage_dir) if cfg.steering.study.storage_dir else outputs_dir() / "studies"
-    return root / slug(identity_of(cfg.model).key) / f"{trait.qualified_name}.db"
-
-
-def search_settings(cfg: SteerConfig, prep: Prepared, lm_key: str) -> dict[str, Any]:
-    """What decides a trial's value: a study with other settings would not be comparable (steps excluded,
-    so asking for more steps continues the same study)."""
-    s = cfg.steering
-    out = {"sampler": s.sampler, "threshold": prep.threshold, "trials_per_step": s.trials_per_step,
-           "start_mult": s.start_mult, "search_space": asdict(s.search_space), "questions": prep.questions,
-           "generation": asdict(_gen(cfg)) | {"batch_size": None}, "seed": cfg.seed, "direction": prep.direction,
-           "judge": prep.judge_id, "model": lm_key, "objective": prep.objective, "scorer": s.scorer,
-           "propensity": asdict(s.propensity) | {"batch_size": None},
-           "pairs": [(p.prompt, p.response, n.response) for p, n, _ in prep.pair_examples]}
-    if s.sampler == "adaptive":
-        out.update(up_mult=s.up_mult, down_mult=s.down_mult, momentum=s.momentum)
-    elif s.sampler == "tpe":
-        out["tpe_startup_trials"] = s.tpe_startup_trials
-    else:
-        out["steps"] = s.steps  # the grid itself depends on how many points
-    return out
-
-
-def study_name(ref: VectorRef, settings_hash: str) -> str:
-    return (f"{ref.method}.{ref.component}.{slug(ref.position)}.{ref.run_id[:12]}.L{ref.layer:03d}."
-            f"{settings_hash[:10]}")
-
-
-def _evaluator(m: Measurer, res: SteerResult, seed: int, n_boot: int) -> cs.Evaluate:
-    base = res.baselines["unsteered"]
-    counter = {"round": 0}
-
-    def evaluate(cands: list[cs.Candidate]) -> list[cs.Outcome]:
-        counter["round"] += 1
-        samples = m.steered([[(c.layer, c.vector, c.coefficient)] for c in cands])
-        outcomes = []
-        for c, smp in zip(cands, samples, strict=True):
-            ds = deltas(smp, base, res.measures, res.scorer_name, res.direction, seed=seed, n_boot=n_boot)
-            obj = ds[res.objective].interval
-            rows = [{"question_index": qi, "response": smp.responses[qi], "coherence": smp.coherence[qi],
-                     "trait": smp.trait[qi] if smp.trait else None,
-                     "scorer": smp.scorer[qi] if smp.scorer else None} for qi in range(len(smp.responses))]
-            lost = max((d.lost for name, d in ds.items() if name != PROPENSITY), default=0)
-            attrs = {"responses": rows, "margins": smp.margins, "lost_questions": lost,
-                     "deltas": {name: d.as_dict() for name, d in ds.items()}}
-            outcomes.append(cs.Outcome(obj.mean if obj.n else None, smp.mean_coherence, attrs))
-            log.info("round %d  layer %d  coef %.3g  %s delta %s  coherence %s%s", counter["round"], c.layer,
-                     c.coefficient, res.objective, obj, out._fmt(smp.mean_coherence),
-                     f"  (lost {lost} question(s))" if lost else "")
-        return outcomes
-
-    return evaluate
-
-
-def _layer_result(s: cs.SearchStudy, res: SteerResult, seed: int, n_boot: int) -> LayerResult:
-    attrs = s.study.user_attrs
-    lr = LayerResult(s.layer, s.study.study_name, attrs.get("activation_norm", float("nan")),
-                     attrs.get("base_coefficient", float("nan")), attrs.get(cs.START_ATTR, float("nan")))
-    for t in cs.finished_trials(s.study):
-        u = t.user_attrs
-        row = trial_row(t.number, u.get("coefficient_signed"), u.get("coherence"), t.value, cs.is_feasible(t),
-                        t.state.name, u.get("deltas"), u.get("margins"))
-        row["lost_questions"] = u.get("lost_questions", 0)
-        lr.trials.append(row)
-    best = cs.best_trial(s.study)
-    if best is not None:
-        lr.best = next(r for r in lr.trials if r["number"] == best.number)
-    lr.steerability = layer_steerability(lr, res.baselines["unsteered"].margins, seed=seed, n_boot=n_boot)
-    return lr
-
-
-def run_search_mode(lm: LoadedModel, cfg: SteerConfig, prep: Prepared, m: Measurer, vectors: dict[int, Any],
-                    refs: dict[int, VectorRef], res: SteerResult) -> tuple[dict[int, LayerResult], list[dict], dict]:
-    s = cfg.steering
-    layers = sorted(vectors)
-    texts = [format_prompt(lm.tokenizer, q, None, lm.use_chat_template) for q in prep.questions]
-    norms = activation_norms(lm, texts, layers, cfg.component.name)
-    settings = search_settings(cfg, prep, model_key(lm))
-    settings_hash = content_hash("steer-study-v2", settings)
-    path = study_storage_path(cfg, prep.trait)
-    storage = cs.open_storage(path, heartbeat_interval=s.study.heartbeat_interval,
-                              grace_period=s.study.grace_period, max_retry=s.study.max_retry)
-    target = s.steps * s.trials_per_step
-    studies = []
-    for lyr in layers:
-        v = vectors[lyr]
-        base = norms[lyr] / float(v.norm())
-        lo, hi = (s.search_space.low * base, s.search_space.high * base) if s.search_space.relative \
-            else (s.search_space.low, s.search_space.high)
-        start = min(hi, max(lo, s.start_mult * base))
-        grid = None
-        if s.sampler == "grid":
-            grid = cs.geometric_grid(lo, hi, target)
-            lo, hi = min(grid), max(grid)
-        sampler = cs.make_sampler(s.sampler, seed=cfg.seed + lyr, grid=grid, up_mult=s.up_mult, down_mult=s.down_mult,
-                                  momentum=s.momentum, tpe_startup_trials=s.tpe_startup_trials, budget=target)
-        attrs = {cs.START_ATTR: start, "base_coefficient": base, "activation_norm": norms[lyr],
-                 "vector_norm": float(v.norm()), "layer": lyr, "direction": prep.direction,
-                 "vector_run_id": refs[lyr].run_id, "trait": prep.trait.qualified_name, "settings": settings_hash}
-        name = study_name(refs[lyr], settings_hash)
-        study = cs.open_study(storage, name, sampler, attrs, enqueue={cs.COEF: start} if s.sampler == "tpe" else None)
-        studies.append(cs.SearchStudy(name, lyr, study, target=target, low=lo, high=hi, log=s.search_space.log,
-                                      direction=prep.direction, vector=v))
-    recovered = cs.recover_stale([x.study for x in studies], s.study.grace_period, s.study.heartbeat_interval)
-    if recovered:
-        log.info("re-queued %d trial(s) of an interrupted run", recovered)
-    todo = sum(x.remaining() for x in studies)
-    log.info("search: %d layer(s) x %d trial(s) (%d to run), %s sampler, objective %s, studies in %s", len(studies),
-             target, todo, s.sampler, res.objective, path)
-    cs.run_search(studies, _evaluator(m, res, cfg.seed, s.bootstrap), per_step=s.trials_per_step,
-                  threshold=prep.threshold, heartbeat_interval=s.study.heartbeat_interval,
-                  on_round=lambda _rounds, _asked: faults.maybe_fail("trial"))
-    per_layer = {x.layer: _layer_result(x, res, cfg.seed, s.bootstrap) for x in studies}
-    rows = []
-    for x in studies:
-        for t in cs.finished_trials(x.study):
-            for r in t.user_attrs.get("responses", []):
-                qi = int(r["question_index"])
-                rows.append(modes.response_row("steered", qi, prep.questions[qi], None, r["response"], r["trait"],
-                                               r["coherence"], r.get("scorer"), layer=x.layer,
-                                               coefficient=t.user_attrs.get("coefficient_signed"), trial=t.number,
-                                               study=x.study.study_name))
-    return per_layer, rows, {"storage": str(path), "studies": {x.layer: x.study for x in studies}}
-
-
+__all__ = ["run_steer", "run_steer_traits", "validate_inputs"]
 
 
 # -------------------------------------------------------------------------------------------- the job
@@ -199,8 +68,19 @@ def job_key(cfg: SteerConfig, prep: Prepared, lm_key: str, refs: dict[int, Vecto
     s = cfg.steering
     return content_hash("steer-v2", cfg.mode, lm_key, prep.trait.fingerprint(), prep.questions, prep.direction,
                         prep.prompted_system, prep.judge_id, {lyr: r.run_id for lyr, r in refs.items()},
-                        cfg.component.name, cfg.position.spec, cfg.method.name, asdict(s) | {"study": None}, cfg.seed,
+                        cfg.component.name, cfg.position.spec, cfg.method.name, _settings_key(s), cfg.seed,
                         prep.split, extra)
+
+
+def _settings_key(s: Any) -> dict[str, Any]:
+    """steering.* as it decides a run's results; capability only when on, so older runs keep their keys."""
+    out = asdict(s) | {"study": None}
+    if not s.capability.enabled:
+        out.pop("capability")
+        out.pop("max_capability_drop")
+    if not s.entanglement:
+        out.pop("entanglement")
+    return out
 
 
 def comparison_key(cfg: SteerConfig, prep: Prepared) -> str:
@@ -243,69 +123,201 @@ def _measure_baselines(m: Measurer, cfg: SteerConfig, prep: Prepared, res: Steer
             + modes.sample_rows("prompted", prep.questions, prep.prompted_system, base["prompted"]))
 
 
-def _with_measured_batch_size(cfg: SteerConfig, lm: LoadedModel, prep: Prepared, n_layers: int,
-                              run: JobRun) -> SteerConfig:
-    """steering.batch_size=auto: measured once, on the prompted baseline's prompts (the longest a generate sees)
-    for the most rows one generate holds (questions x candidates of every layer), and logged as
-    auto_batch/steering.batch_size. The job key keeps `auto`, so a rerun finds the run whatever it measures."""
+def _measured_steering(cfg: SteerConfig, lm: LoadedModel, jobs: list[tuple[Prepared, int]]) -> SteerConfig:
+    """steering.batch_size=auto: measured once, on the prompted baselines' prompts (the longest a generate
+    sees), for the most rows one generate holds (questions x candidates x steered layers, over every trait
+    searched together). The job key keeps `auto`, so a rerun finds the run whatever it measures."""
     if not isinstance(cfg.steering.batch_size, str):
         return cfg
-    prompts = [format_prompt(lm.tokenizer, q, prep.prompted_system, lm.use_chat_template) for q in prep.questions]
-    rows = len(prep.questions) * max(2, cfg.steering.trials_per_step * max(1, n_layers))
-    steering = with_measured_batch_sizes(cfg.steering, lm, prompts, prefix="steering", max_rows=rows)
-    run.log_metrics({auto_batch_metric("steering.batch_size"): float(steering.batch_size)})
-    return replace(cfg, steering=steering)
+    prompts = [format_prompt(lm.tokenizer, q, prep.prompted_system, lm.use_chat_template)
+               for prep, _ in jobs for q in prep.questions]
+    rows = sum(len(prep.questions) * max(2, cfg.steering.trials_per_step * max(1, n_layers)) for prep, n_layers in jobs)
+    return replace(cfg, steering=with_measured_batch_sizes(cfg.steering, lm, prompts, prefix="steering",
+                                                           max_rows=rows))
+
+
+def _log_measured(run: JobRun, configured: SteerConfig, cfg: SteerConfig) -> None:
+    if isinstance(configured.steering.batch_size, str):
+        run.log_metrics({auto_batch_metric("steering.batch_size"): float(cfg.steering.batch_size)})
+
+
+def _vectors(cfg: SteerConfig, prep: Prepared, lm: LoadedModel) -> tuple[dict[int, VectorRef], dict[int, Any]]:
+    refs = resolve_layers(cfg, prep, lm.n_layers)
+    vectors = {lyr: fetch_vector(ref, uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,
+                                 expected_dim=component_dim(lm.model, cfg.component.name, lyr)).to(torch.float32)
+               for lyr, ref in refs.items()}
+    return refs, vectors
+
+
+def _measurer(cfg: SteerConfig, prep: Prepared, lm: LoadedModel, judge: Any) -> Measurer:
+    pairs = heldout_pairs(lm, prep.pair_examples, prep.split.get("seed", cfg.seed)) if prep.pair_examples else []
+    p = cfg.steering.propensity
+    c = cfg.steering.capability
+    return Measurer(lm, prep.trait, prep.questions, judge, prep.scorer, pairs, _gen(cfg), cfg.component.name,
+                    cfg.seed, p.batch_size, p.max_response_tokens, prep.choice_items, c.scoring, c.batch_size)
+
+
+def _open_job(stack: ExitStack, cfg: SteerConfig, prep: Prepared, lm: LoadedModel, refs: dict[int, VectorRef],
+              parent_run_id: str | None, extra: Any = None) -> tuple[JobRun, SteerResult]:
+    run_name = cfg.tracking.run_name or f"steer-{cfg.mode}-{prep.trait.name}-{cfg.method.name}"
+    run = stack.enter_context(job_run(
+        experiment=cfg.tracking.experiment, job_key=job_key(cfg, prep, model_key(lm), refs, extra),
+        run_name=run_name, config=asdict(cfg), tags=_tags(cfg, prep, model_tags(cfg.model), refs),
+        parent_run_id=parent_run_id, force=cfg.force, uri=cfg.tracking.uri))
+    res = _result(cfg, prep, cfg.mode, sorted(refs))
+    res.run_id, res.skipped = run.run_id, run.skipped
+    return run, res
+
+
+def _stopped(run: JobRun, res: SteerResult, prep: Prepared) -> bool:
+    res.stopped = out.cannot_succeed(res, prep.judge_cfg["backend"])
+    if res.stopped:
+        log.warning("%s: search stopped after the baselines: %s", res.trait, res.stopped)
+        run.set_tag("traitlab.search_stopped", res.stopped)
+    return bool(res.stopped)
 
 
 def run_steer(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None,
               judge: Any = None, command_line: Collection[str] | None = None) -> SteerResult:
     """`command_line`: config keys the user set; the trait's extraction method / position / component fill the
-    others (None: a Python caller, whose non-default values count as set), so its vectors are found."""
+    others (None: a Python caller, whose non-default values count as set), so its vectors are found.
+    With `traits` set, every trait is searched together (run_steer_traits) and the first trait's result
+    is returned."""
+    if cfg.traits:
+        return next(iter(run_steer_traits(cfg, parent_run_id, lm, judge, command_line).values()))
     cfg = apply_lookup_settings(cfg, command_line)
     prep = validate_inputs(cfg)
     if cfg.mode == "rescore":
         return _run_rescore(cfg, prep, parent_run_id, judge)
+    methods = {}  # mode=ensemble: the other member methods, each checked before the model loads
+    for name in (cfg.steering.ensemble.methods or []) if cfg.mode == "ensemble" else []:
+        if name != cfg.method.name:
+            c = replace(cfg, method=MethodConfig(name=name))
+            methods[name] = (c, validate_inputs(c))
+    entangle = entanglement_examples(cfg, prep.trait.qualified_name) if cfg.mode == "search" else {}
     lm = lm or load_model(cfg.model)
-    refs: dict[int, VectorRef] = {}
-    vectors: dict[int, torch.Tensor] = {}
-    if cfg.mode in ("search", "ablation"):
-        refs = resolve_layers(cfg, prep, lm.n_layers)
-        for lyr, ref in refs.items():
-            dim = component_dim(lm.model, cfg.component.name, lyr)
-            vectors[lyr] = fetch_vector(ref, uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,
-                                        expected_dim=dim).to(torch.float32)
+    refs, vectors = _vectors(cfg, prep, lm) if cfg.mode in ("search", "ablation", "ensemble") else ({}, {})
+    by_method = {cfg.method.name: (refs, vectors)} | {n: _vectors(c, p, lm) for n, (c, p) in methods.items()}
     judge = judge or build_judge(prep.judge_cfg, lm)
-    p = cfg.steering.propensity
-    key = job_key(cfg, prep, model_key(lm), refs)
-    run_name = cfg.tracking.run_name or f"steer-{cfg.mode}-{prep.trait.name}-{cfg.method.name}"
-    res = _result(cfg, prep, cfg.mode, sorted(refs))
-    with job_run(experiment=cfg.tracking.experiment, job_key=key, run_name=run_name, config=asdict(cfg),
-                 tags=_tags(cfg, prep, model_tags(cfg.model), refs), parent_run_id=parent_run_id, force=cfg.force,
-                 uri=cfg.tracking.uri) as run:
-        res.run_id = run.run_id
-        if run.skipped:
-            res.skipped = True
+    with ExitStack() as stack:
+        run, res = _open_job(stack, cfg, prep, lm, refs, parent_run_id,
+                             extra=sorted((n, r.run_id) for n, (rs, _) in by_method.items() for r in rs.values())
+                             if methods else None)
+        if res.skipped:
             return res
-        cfg = _with_measured_batch_size(cfg, lm, prep, len(refs), run)
-        pairs = heldout_pairs(lm, prep.pair_examples, prep.split.get("seed", cfg.seed)) if prep.pair_examples else []
-        m = Measurer(lm, prep.trait, prep.questions, judge, prep.scorer, pairs, _gen(cfg), cfg.component.name,
-                     cfg.seed, p.batch_size, p.max_response_tokens)
+        measured = _measured_steering(cfg, lm, [(prep, len(refs))])
+        _log_measured(run, cfg, measured)
+        cfg = measured
+        m = _measurer(cfg, prep, lm, judge)
         rows = _measure_baselines(m, cfg, prep, res)
-        if cfg.mode == "search":
-            res.stopped = out.cannot_succeed(res, prep.judge_cfg["backend"])
-            if res.stopped:
-                log.warning("search stopped after the baselines: %s", res.stopped)
-                run.set_tag("traitlab.search_stopped", res.stopped)
-            else:
-                res.per_layer, steered, info = run_search_mode(lm, cfg, prep, m, vectors, refs, res)
-                rows += steered
-                out.log_studies(run, info)
+        if cfg.mode == "search" and not _stopped(run, res, prep):
+            ts = search.TraitSearch(cfg, prep, m, res, vectors, refs)
+            search.build_studies(lm, ts)
+            search.run_searches([ts], cfg)
+            res.per_layer, steered, info = search.collect(ts)
+            rows += steered
+            out.log_studies(run, info)
+            best = res.best_layer
+            if entangle and best is not None:
+                res.entanglement = measure_entanglement(lm, cfg, entangle, prep.trait.qualified_name, best,
+                                                        vectors[best], res.per_layer[best].best["coefficient"])
+        elif cfg.mode == "ensemble" and not _stopped(run, res, prep):
+            _run_ensemble(lm, cfg, prep, m, by_method, res, run)
         elif cfg.mode == "ablation":
             res.ablation, ablated = modes.run_ablation_mode(m, vectors, res.baselines, prep.prompted_system,
                                                             cfg.component.name)
             rows += ablated
         _finish(run, res, rows)
     return res
+
+
+def _run_ensemble(lm: LoadedModel, cfg: SteerConfig, prep: Prepared, m: Measurer,
+                  by_method: dict[str, tuple[dict[int, VectorRef], dict[int, Any]]], res: SteerResult,
+                  run: JobRun) -> None:
+    layers = sorted({lyr for _, vs in by_method.values() for lyr in vs})
+    texts = [format_prompt(lm.tokenizer, q, None, lm.use_chat_template) for q in prep.questions]
+    norms = activation_norms(lm, texts, layers, cfg.component.name)
+    members = [ens.Member(name, lyr, v, norms[lyr] / float(v.norm()), rs[lyr].run_id)
+               for name, (rs, vs) in by_method.items() for lyr, v in sorted(vs.items())]
+    found = ens.run_ensemble(cfg, prep, m, members, res, search.study_storage_path(cfg, prep.trait))
+    ens.log_ensemble(run, found, cfg, prep, model_tags(cfg.model))
+    if found.best is None:
+        res.note = (f"No ensemble trial met coherence >= {prep.threshold:g} ({len(found.trials)} trials): no "
+                    "ensemble vector was logged; lower steering.ensemble.high.")
+    else:
+        d = found.best["objective"]
+        trust = "its 95% interval excludes zero" if d["low"] > 0 or d["high"] < 0 else \
+            "its 95% interval includes zero: no evidence of an effect"
+        res.note = (f"Best ensemble (trial {found.best['number']} of {len(found.trials)}): weights "
+                    + ", ".join(f"{x.method} L{x.layer} {w:.3f}" for x, w in zip(members, found.weights or [],
+                                                                              strict=True))
+                    + f" (x base); coherence {found.best['coherence']:.1f}, {prep.objective} delta {d['delta']:+.3g} "
+                    f"[{d['low']:.3g}, {d['high']:.3g}] (n={d['n']}); {trust}.")
+    log.info("%s", res.note)
+
+
+def trait_configs(cfg: SteerConfig, command_line: Collection[str] | None) -> list[SteerConfig]:
+    """One single-trait config per entry of `traits`, each with its own extraction settings filled in."""
+    names = list(cfg.traits or [])
+    if cfg.mode != "search":
+        raise ConfigError("traits", f"several traits are searched together in mode=search only, not {cfg.mode}")
+    if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError("traits", f"{names} must be distinct trait names, e.g. [starter/optimism,starter/refusal]")
+    def tracking(name: str) -> Any:  # children of a named run are told apart by their trait
+        run_name = cfg.tracking.run_name
+        return replace(cfg.tracking, run_name=f"{run_name}-{name.split('/')[-1]}") if run_name else cfg.tracking
+
+    return [apply_lookup_settings(replace(cfg, trait=TraitConfig(name=n), traits=None, tracking=tracking(n)),
+                                  command_line) for n in names]
+
+
+def run_steer_traits(cfg: SteerConfig, parent_run_id: str | None = None, lm: LoadedModel | None = None,
+                     judge: Any = None, command_line: Collection[str] | None = None) -> dict[str, SteerResult]:
+    """mode=search over several traits at once: every trait keeps its own studies and its own steer run (a
+    child of one parent run), while each round's candidates of ALL traits are generated in one batched
+    call and their held-out pairs scored in shared forward batches."""
+    cfgs = trait_configs(cfg, command_line)
+    preps = [validate_inputs(c) for c in cfgs]  # every trait checked before the model loads
+    lm = lm or load_model(cfg.model)
+    loaded = [(c, prep, *_vectors(c, prep, lm)) for c, prep in zip(cfgs, preps, strict=True)]
+    names = [prep.trait.qualified_name for prep in preps]
+    key = content_hash("steer-traits-v1", [job_key(c, prep, model_key(lm), refs) for c, prep, refs, _ in loaded])
+    results: dict[str, SteerResult] = {}
+    with ExitStack() as stack:
+        parent = stack.enter_context(job_run(
+            experiment=cfg.tracking.experiment, job_key=key, run_name=cfg.tracking.run_name or
+            f"steer-traits-{'+'.join(p.trait.name for p in preps)}", config=asdict(cfg),
+            tags={"traitlab.stage": "steer_traits", "traits": ",".join(names), **model_tags(cfg.model)},
+            parent_run_id=parent_run_id, force=cfg.force, uri=cfg.tracking.uri))
+        searches, jobs = [], []
+        measured = None  # the traits' rounds share generate calls: one `auto` measurement over all of them
+        for c, prep, refs, vectors in loaded:
+            run, res = _open_job(stack, c, prep, lm, refs, parent.run_id)
+            results[prep.trait.qualified_name] = res
+            if res.skipped:
+                continue
+            measured = measured or _measured_steering(cfg, lm, [(p, len(r)) for _, p, r, _ in loaded])
+            _log_measured(run, cfg, measured)
+            c = replace(c, steering=measured.steering)
+            m = _measurer(c, prep, lm, judge or build_judge(prep.judge_cfg, lm))
+            rows = _measure_baselines(m, c, prep, res)
+            jobs.append((run, res, rows))
+            if not _stopped(run, res, prep):
+                ts = search.TraitSearch(c, prep, m, res, vectors, refs)
+                search.build_studies(lm, ts)
+                searches.append((ts, run, rows))
+        if searches:
+            search.run_searches([ts for ts, _, _ in searches], measured or cfg)
+        for ts, run, rows in searches:
+            ts.res.per_layer, steered, info = search.collect(ts)
+            rows += steered
+            out.log_studies(run, info)
+        for run, res, rows in jobs:
+            _finish(run, res, rows)
+        if not parent.skipped:
+            parent.log_metrics({"n_traits": len(names), "n_searched_together": len(searches)})
+            parent.set_tag("traitlab.children", ",".join(r.run_id for r in results.values()))
+    return results
 
 
 def _finish(run: JobRun, res: SteerResult, rows: list[dict]) -> None:

@@ -8,6 +8,9 @@ that positive always means "more of the trait"):
 - trait: the LLM judge's trait score of the answers to the steering questions (when the judge has one).
 - the text scorer (steering.scorer: sentiment, refusal, a callable) on the same answers. Items = questions.
 - coherence (the constraint, not a delta): the judge group's coherence, perplexity by default.
+- capability (steering.capability, optional): multiple-choice accuracy on the same items in every condition,
+  forward passes only; its change is a paired difference of proportions (Newcombe), and
+  steering.max_capability_drop makes it a second constraint.
 
 Deltas compare only items scored in both conditions (a question the judge could not score in one of them
 is left out of both means), report how many were used, and carry a paired bootstrap interval.
@@ -29,14 +32,15 @@ from traitlab.errors import ConfigError
 from traitlab.judge.text_scorers import TextScorer
 from traitlab.models.chat import format_prompt
 from traitlab.models.loading import LoadedModel
-from traitlab.models.propensity import ResponsePair, propensity
+from traitlab.models.multiple_choice import ChoiceScores, score_choices
+from traitlab.models.propensity import ResponsePair, propensity, propensity_groups
 from traitlab.models.steered_generation import generate_steered_shared
 from traitlab.models.steering import Setting
 from traitlab.pipelines.common import responses_for
 
 log = logging.getLogger(__name__)
 
-PROPENSITY, TRAIT = "propensity", "trait"
+PROPENSITY, TRAIT, CAPABILITY = "propensity", "trait", "capability"
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Sample:
     trait: list[float | None] = field(default_factory=list)
     scorer: list[float | None] = field(default_factory=list)
     margins: list[float] = field(default_factory=list)
+    capability: ChoiceScores | None = None  # multiple-choice results when steering.capability is on
 
     @property
     def mean_coherence(self) -> float | None:
@@ -146,6 +151,17 @@ class Measurer:
     seed: int = 42
     propensity_batch: int = 16
     max_response_tokens: int | None = None
+    choice_items: list[Any] = field(default_factory=list)  # capability items (empty: not measured)
+    choice_scoring: str = "text"
+    choice_batch: int = 32
+
+    def capability(self, settings: Sequence[Setting], system_prompt: str | None = None) -> list[ChoiceScores | None]:
+        """Multiple-choice results per setting, every setting's rows in shared forward batches."""
+        if not self.choice_items:
+            return [None for _ in settings]
+        return list(score_choices(self.lm, self.choice_items, settings, scoring=self.choice_scoring,
+                                  system_prompt=system_prompt, component=self.component,
+                                  batch_size=self.choice_batch, desc=None))
 
     def judged(self, questions: Sequence[str], responses: Sequence[str]) -> tuple[list, list]:
         """(trait, coherence) per answer; called outside every hook context (a judge may be the same model)."""
@@ -177,22 +193,61 @@ class Measurer:
         responses = responses_for(self.lm, examples, self.gen, self.seed, use_provided=False, desc="baselines")
         plain = self.propensities([None])[0]
         prompted = self.propensities([None], system_prompt=prompted_system)[0]
-        return {"unsteered": self.sample(responses[:len(qs)], plain),
-                "prompted": self.sample(responses[len(qs):], prompted)}
+        out = {"unsteered": self.sample(responses[:len(qs)], plain),
+               "prompted": self.sample(responses[len(qs):], prompted)}
+        out["unsteered"].capability = self.capability([None])[0]
+        out["prompted"].capability = self.capability([None], system_prompt=prompted_system)[0]
+        return out
 
     def steered(self, settings: Sequence[Setting]) -> list[Sample]:
         """Every setting's answers from ONE batched generate and its propensities from shared forward batches;
         the judge and the scorer run after the hooks are gone."""
-        texts = [format_prompt(self.lm.tokenizer, q, None, self.lm.use_chat_template) for q in self.questions]
-        answers = generate_steered_shared(self.lm, texts, settings, component=self.component, gen=self.gen,
-                                          seed=self.seed)
-        margins = self.propensities(settings)
-        flat = [a for rs in answers for a in rs]
-        trait, coherence = self.judged(list(self.questions) * len(settings), flat)
-        scored = self.scorer.scores(flat) if self.scorer is not None else []
-        n = len(self.questions)
-        return [Sample(answers[i], coherence[i * n:(i + 1) * n], trait[i * n:(i + 1) * n],
-                       scored[i * n:(i + 1) * n] if scored else [], margins[i]) for i in range(len(settings))]
+        return steered_together([(self, settings)])[0]
+
+
+def steered_together(parts: Sequence[tuple[Measurer, Sequence[Setting]]]) -> list[list[Sample]]:
+    """Samples of several measurers' settings (several traits' trials) from ONE generate call over their
+    questions (each row its own prompt and steering) and ONE set of propensity forward batches; each
+    measurer's judge and scorer then score its own answers. The measurers share the model and settings."""
+    if not parts:
+        return []
+    first = parts[0][0]
+    for m, _ in parts[1:]:
+        same = (m.lm is first.lm, m.gen == first.gen, m.seed == first.seed, m.component == first.component,
+                m.propensity_batch == first.propensity_batch, m.max_response_tokens == first.max_response_tokens)
+        if not all(same):
+            raise ValueError("steered_together: measurers differ in model, generation, seed, component or "
+                             "propensity settings")
+    lm = first.lm
+    texts: dict[str, int] = {}  # prompt text -> index in the one call (traits may share questions)
+    settings: list[Setting] = []
+    prompts_of: list[list[int]] = []
+    for m, ss in parts:
+        idx = [texts.setdefault(format_prompt(lm.tokenizer, q, None, lm.use_chat_template), len(texts))
+               for q in m.questions]
+        settings += list(ss)
+        prompts_of += [idx] * len(ss)
+    answers = generate_steered_shared(lm, list(texts), settings, component=first.component, gen=first.gen,
+                                      seed=first.seed, prompts_of=prompts_of)
+    with_pairs = [(m, ss) for m, ss in parts if m.pairs]
+    margins = iter(propensity_groups(lm, [(m.pairs, ss) for m, ss in with_pairs], component=first.component,
+                                     batch_size=first.propensity_batch,
+                                     max_response_tokens=first.max_response_tokens)) if with_pairs else iter(())
+    out: list[list[Sample]] = []
+    start = 0
+    for m, ss in parts:
+        mine = answers[start:start + len(ss)]
+        start += len(ss)
+        rows = next(margins).tolist() if m.pairs else [[] for _ in ss]
+        capability = m.capability(ss)
+        flat = [a for rs in mine for a in rs]
+        trait, coherence = m.judged(list(m.questions) * len(ss), flat)
+        scored = m.scorer.scores(flat) if m.scorer is not None else []
+        n = len(m.questions)
+        out.append([Sample(mine[i], coherence[i * n:(i + 1) * n], trait[i * n:(i + 1) * n],
+                           scored[i * n:(i + 1) * n] if scored else [], rows[i], capability[i])
+                    for i in range(len(ss))])
+    return out
 
 
 def measure_names(objective: str, judge_has_trait: bool, scorer: TextScorer | None, has_pairs: bool) -> list[str]:
@@ -228,3 +283,17 @@ def deltas(sample: Sample, base: Sample, names: Sequence[str], scorer_name: str 
     return {n: paired_delta(sample.items(n, scorer_name), base.items(n, scorer_name), direction, seed=seed,
                             n_boot=n_boot) for n in names}
 
+
+
+def capability_summary(scores: ChoiceScores | None, base: ChoiceScores | None) -> dict[str, float | int] | None:
+    """Accuracy with its Wilson 95% interval and, against `base` (same items), the paired change with
+    Newcombe's interval; None when capability was not measured."""
+    if scores is None:
+        return None
+    acc = scores.accuracy_interval()
+    out: dict[str, float | int] = {"accuracy": acc.mean, "low": acc.low, "high": acc.high, "n": acc.n,
+                                   "n_correct": scores.n_correct, "correct_logprob": scores.correct_logprob}
+    if base is not None:
+        d = scores.change_from(base)
+        out.update(delta=d.mean, delta_low=d.low, delta_high=d.high)
+    return out

@@ -50,6 +50,8 @@ class Prepared:
     pair_examples: list[tuple[Example, Example, str]] = field(default_factory=list)  # held-out (pos, neg, source)
     split: dict[str, Any] = field(default_factory=dict)  # val_split / seed the held-out pairs came from
     refs: list[VectorRef] = field(default_factory=list)
+    choice_items: list[Any] = field(default_factory=list)  # steering.capability's items (empty: off)
+    choice_set: str = ""                                   # their set's name and fingerprint
 
     @property
     def judge_has_trait(self) -> bool:
@@ -106,12 +108,40 @@ def _check_settings(cfg: SteerConfig) -> None:
     if s.objective == PROPENSITY and p.max_pairs == 0:
         raise ConfigError("steering.propensity.max_pairs", "0 turns propensity off, but steering.objective is "
                                                             "propensity: give pairs or another objective")
+    c = s.capability
+    if c.enabled:
+        from traitlab.models.multiple_choice import SCORINGS
+
+        if c.scoring not in SCORINGS:
+            raise ConfigError("steering.capability.scoring", f"'{c.scoring}' is not one of {', '.join(SCORINGS)}")
+        if c.n_items is not None and c.n_items < 1:
+            raise ConfigError("steering.capability.n_items", f"{c.n_items} must be >= 1 or null (all items)")
+        if c.batch_size < 1:
+            raise ConfigError("steering.capability.batch_size", f"{c.batch_size} must be >= 1")
+    if s.max_capability_drop is not None:
+        if not c.enabled:
+            raise ConfigError("steering.max_capability_drop", "needs capability measured: set "
+                                                               "steering.capability.set=starter (or .path=<file>)")
+        if not 0.0 <= s.max_capability_drop <= 1.0:
+            raise ConfigError("steering.max_capability_drop", f"{s.max_capability_drop} is not in 0..1 (a drop in "
+                                                               "accuracy, e.g. 0.1 for 10 points)")
+    e = s.ensemble
+    for key, value, ok, expected in (
+        ("steering.ensemble.trials", e.trials, e.trials >= 2, ">= 2"),
+        ("steering.ensemble.popsize", e.popsize, e.popsize >= 4, ">= 4 (CMA-ES needs two parents)"),
+        ("steering.ensemble.high", e.high, e.high > 0, "> 0"),
+        ("steering.ensemble.start", e.start, e.start is None or 0 < e.start <= e.high, "in (0, high] or null"),
+    ):
+        if not ok:
+            raise ConfigError(key, f"{value} must be {expected}")
+    if e.methods is not None and (not e.methods or len(set(e.methods)) != len(e.methods)):
+        raise ConfigError("steering.ensemble.methods", f"{e.methods} must be distinct method names or null")
     if s.n_questions is not None and s.n_questions < 1:
         raise ConfigError("steering.n_questions", f"{s.n_questions} must be >= 1 or null (all questions)")
     if cfg.component.name not in COMPONENTS:
         raise ConfigError("component", f"'{cfg.component.name}' is not one of {', '.join(COMPONENTS)}")
     parse_position(cfg.position.spec)
-    if cfg.mode in ("search", "ablation"):
+    if cfg.mode in ("search", "ablation", "ensemble"):
         try:  # syntax now; the range once the model's depth is known
             parse_layers(cfg.layers, 10_000, best=0)
         except LayerSpecError as e:
@@ -204,7 +234,14 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
         check(spec.eval_prompt, trait.name)
     prep = Prepared(trait, questions, spec.direction, _prompted_system(cfg, trait, spec.direction), jcfg,
                     judge_identity(jcfg, trait), objective, coherence_threshold(cfg), scorer)
-    if cfg.mode in ("search", "ablation"):
+    c = cfg.steering.capability
+    if c.enabled and cfg.mode in ("search", "baseline"):
+        from traitlab.data.multiple_choice import load_choice_set
+
+        cset = load_choice_set(c.set, c.path)
+        prep.choice_items = list(cset.items[:c.n_items] if c.n_items else cset.items)
+        prep.choice_set = f"{c.set or c.path}@{cset.fingerprint()[:8]}"
+    if cfg.mode in ("search", "ablation", "ensemble"):
         prep.refs = find_vectors(trait.qualified_name, cfg.model, method=cfg.method.name,
                                  component=cfg.component.name, position=cfg.position.spec,
                                  experiment=cfg.tracking.experiment, uri=cfg.tracking.uri)
@@ -213,7 +250,7 @@ def validate_inputs(cfg: SteerConfig) -> Prepared:
                                          f"(method={cfg.method.name}, component={cfg.component.name}, "
                                          f"position={cfg.position.spec!r})")
     p = cfg.steering.propensity
-    if cfg.mode in ("search", "baseline") and p.max_pairs != 0:
+    if cfg.mode in ("search", "baseline", "ensemble") and p.max_pairs != 0:
         prep.split = _split_settings(cfg, prep.refs)
         prep.pair_examples = heldout_examples(trait, prep.split["val_split"], prep.split["seed"], ood=p.ood,
                                               max_pairs=p.max_pairs)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from traitlab.core.stats import Steerability, steerability
-from traitlab.pipelines.steer_measures import PROPENSITY, Delta, Sample
-from traitlab.tracking.artifacts import FIGURES, TABLES
+from traitlab.pipelines.steer_measures import PROPENSITY, Delta, Sample, capability_summary
+from traitlab.tracking.artifacts import TABLES
 from traitlab.tracking.names import best_metric as B
 from traitlab.tracking.names import layer_metric as L
 from traitlab.tracking.runs import JobRun
@@ -89,7 +89,9 @@ class SteerResult:
     scorer_name: str | None = None
     n_pairs: dict[str, int] = field(default_factory=dict)        # held-out pairs by source (val, ood)
     stopped: str | None = None                                   # why the search did not run trials
+    note: str | None = None                                      # the verdict of a mode without per-layer results
     warnings: list[str] = field(default_factory=list)
+    entanglement: list[dict[str, Any]] = field(default_factory=list)  # steer_entangle.measure_entanglement rows
 
     @property
     def best_layer(self) -> int | None:
@@ -110,6 +112,9 @@ class SteerResult:
         cols = (["layer", "coef (x base)", "coherence", f"{self.objective} delta [95% CI]", "prompted delta"]
                 + [f"{m} delta [95% CI]" for m in others]
                 + ["steerability [95% CI]", "anti-steerable", "coherent / trials"])
+        with_cap = any((r.best or {}).get("capability") for r in self.per_layer.values())
+        if with_cap:
+            cols.append("capability change [95% CI]")
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         prompted = self.prompted.get(self.objective)
         for lyr in sorted(self.per_layer):
@@ -127,6 +132,11 @@ class SteerResult:
                                               f"{_num(st.interval.high)}]",
                       "-" if st is None else _fmt(st.anti_steerable, ".2f"),
                       f"{sum(t['feasible'] for t in r.trials)} / {len(r.trials)}"]
+            if with_cap:
+                c = b.get("capability")
+                cells.append("-" if not c else f"{100 * c['accuracy']:.1f}% ({100 * c['delta']:+.1f} points "
+                                               f"[{100 * c['delta_low']:+.1f}, {100 * c['delta_high']:+.1f}], "
+                                               f"n={c['n']})")
             lines.append("| " + " | ".join(cells) + " |")
         for lyr in sorted(self.ablation):
             a = self.ablation[lyr]
@@ -162,6 +172,8 @@ class SteerResult:
         best = self.best_layer
         if self.stopped:
             return f"Search stopped after the baselines: {self.stopped}"
+        if self.note:
+            return self.note
         if best is None:
             return (f"No coherent coefficient at layers {', '.join(map(str, sorted(self.per_layer)))} "
                     f"(coherence >= {self.threshold:g}).")
@@ -209,12 +221,29 @@ def delta_metrics(prefix: str, d: dict[str, Any]) -> dict[str, float]:
     return {k: _r(v) for k, v in out.items() if v is not None and math.isfinite(v)}
 
 
+def capability_metrics(prefix: str, cap: dict[str, Any]) -> dict[str, float]:
+    """<prefix>_accuracy with _lo/_hi (Wilson), <prefix>_delta with _lo/_hi (paired, against unsteered) and
+    n_<name>, from a capability summary (steer_measures.capability_summary)."""
+    head, _, name = prefix.rpartition("/")
+    out = {f"{prefix}_accuracy": cap["accuracy"], f"{prefix}_accuracy_lo": cap["low"],
+           f"{prefix}_accuracy_hi": cap["high"]}
+    if "delta" in cap:
+        out.update({f"{prefix}_delta": cap["delta"], f"{prefix}_delta_lo": cap["delta_low"],
+                    f"{prefix}_delta_hi": cap["delta_high"]})
+    out = {k: _r(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+    out[f"{head}/n_{name}" if head else f"n_{name}"] = cap["n"]
+    return out
+
+
 def log_baselines(run: JobRun, res: SteerResult) -> None:
     m: dict[str, float] = {}
     for cond in ("unsteered", "prompted"):
         s = res.baselines.get(cond)
         if s is None:
             continue
+        if s.capability is not None:
+            ref = res.baselines["unsteered"].capability if cond == "prompted" else None
+            m.update(capability_metrics(f"{cond}/capability", capability_summary(s.capability, ref)))
         for name in res.measures:
             v = res.baseline_mean(cond, name)
             if math.isfinite(v):
@@ -231,10 +260,7 @@ def log_baselines(run: JobRun, res: SteerResult) -> None:
 
 
 def log_layers(run: JobRun, res: SteerResult) -> None:
-    """Per-layer series (step = layer), best/ summaries, figures, the summary table and the verdict."""
-    from traitlab.viz.figures import layer_curve_figure
-    from traitlab.viz.steering import objective_curve_figure, propensity_curve_figure
-
+    """Per-layer series (step = layer), best/ summaries and the summary table (figures: log_summary)."""
     for lyr, r in sorted(res.per_layer.items()):
         m: dict[str, float] = {L("n_trials"): len(r.trials), L("n_coherent"): sum(t["feasible"] for t in r.trials)}
         for k in ("activation_norm", "base_coefficient", "start_coefficient"):
@@ -261,27 +287,9 @@ def log_layers(run: JobRun, res: SteerResult) -> None:
                 if math.isfinite(v):
                     m[L(k)] = _r(v)
             m[L("n_pairs")], m[L("n_points")] = st.n_pairs, st.n_points
+        if b_cap := (r.best or {}).get("capability"):
+            m.update(capability_metrics(L("capability"), b_cap))
         run.log_metrics(m, step=lyr)
-        points = [{"coef": t["coefficient"], "value": t["value"], "coherence": t["coherence"]}
-                  for t in r.trials if t["coefficient"] is not None]
-        if points:
-            fig = objective_curve_figure(points, res.threshold, f"{res.trait} layer {lyr}",
-                                         value_label=f"{res.objective} delta",
-                                         prompted=_oriented(res.prompted.get(res.objective)))
-            run.log_figure(fig, f"{FIGURES}/steering_layer_{lyr:03d}.png")
-        curve = _propensity_points(res, r)
-        if curve:
-            run.log_figure(propensity_curve_figure(curve, f"{res.trait} layer {lyr}: propensity per pair"),
-                           f"{FIGURES}/propensity_layer_{lyr:03d}.png")
-    layers = sorted(res.per_layer)
-    curves = {f"{res.objective} delta (best coherent)": {
-        lyr: res.per_layer[lyr].best["deltas"][res.objective]["delta"] for lyr in layers
-        if res.per_layer[lyr].best and res.objective in res.per_layer[lyr].best["deltas"]}}
-    if res.objective in res.prompted:
-        curves["prompted (no steering)"] = dict.fromkeys(layers, res.prompted[res.objective].interval.mean)
-    if any(curves.values()):
-        run.log_figure(layer_curve_figure({k: v for k, v in curves.items() if v}, f"{res.objective} delta"),
-                       f"{FIGURES}/best_delta_by_layer.png")
     run.log_table(summary_columns(res), SUMMARY_TABLE)
     best = res.best_layer
     if best is not None:
@@ -296,23 +304,11 @@ def log_layers(run: JobRun, res: SteerResult) -> None:
         st = res.per_layer[best].steerability
         if st is not None and math.isfinite(st.steerability):
             m[B("steerability")] = _r(st.steerability)
+        if b.get("capability"):
+            m.update(capability_metrics(B("capability"), b["capability"]))
         run.log_metrics(m)
         run.set_tag("best_layer", best)
         run.set_tag("best_coefficient", f"{b['coefficient']:.6g}")
-
-
-def _oriented(d: Delta | None) -> float | None:
-    return None if d is None or not math.isfinite(d.interval.mean) else d.interval.mean
-
-
-def _propensity_points(res: SteerResult, r: LayerResult) -> list[dict[str, Any]]:
-    base = res.baselines.get("unsteered")
-    if base is None or not base.margins:
-        return []
-    pts = [{"coef": 0.0, "margins": list(base.margins), "feasible": True}]
-    pts += [{"coef": t["coefficient"], "margins": t["margins"], "feasible": t["feasible"]}
-            for t in r.trials if t["margins"] and t["coefficient"] is not None]
-    return pts
 
 
 def summary_columns(res: SteerResult) -> dict[str, list]:
@@ -342,12 +338,18 @@ def log_rows(run: JobRun, rows: Sequence[dict]) -> None:
 
 
 def log_summary(run: JobRun, res: SteerResult) -> None:
-    """The table as an artifact and the verdict as the run's description (mlflow.note.content)."""
+    """The table, the response browser and the figures as artifacts, and the verdict as the run's description
+    (best layer, delta with its interval, against the prompted baseline, capability, sample sizes)."""
+    from traitlab.tracking.notes import set_run_note
+    from traitlab.tracking.steer_report import log_entanglement, log_report, verdict_note
+
     run.log_text(res.summary_table() + "\n", TABLE_FILE)
-    note = res.verdict()
+    log_report(run, res, f"Steering {res.trait} ({res.mode})", res._header().split("\n"))
+    log_entanglement(run, res)
+    note = verdict_note(res)
     if res.warnings:
         note += "\n\n" + "\n".join(f"- {w}" for w in res.warnings)
-    run.set_tag("mlflow.note.content", note)
+    set_run_note(run.client, run.run_id, note)
 
 
 # ------------------------------------------------------------------------------------------ verdicts

@@ -42,6 +42,9 @@ VIEW_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("metrics", "best/ood_accuracy", 120),
     ("metrics", "best/ood_effect_size", 140),
     ("metrics", "best/cv_accuracy", 120),
+    ("metrics", "best/objective_delta", 130),      # steer runs: the searched delta at the chosen coefficient,
+    ("metrics", "best/objective_delta_lo", 120),   # its 95% lower bound,
+    ("metrics", "best/capability_delta", 130),     # and the capability change there
     ("metrics", "n_train_pos", 100),
     ("metrics", "n_val_pos", 90),
     ("metrics", "n_ood_pos", 90),

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # Per-layer extraction metrics a VectorRef carries, logged as `layer/<name>` (step = layer) by stage 1.
 LAYER_METRICS = ("val_accuracy", "val_effect_size", "ood_effect_size", "cv_accuracy", "cv_effect_size", "baseline")
+# best_vector without a trusted steering result: cross-validated effect size first (every layer on the same
+# folds, least prone to a best-of-layers pick on a small split), then OOD, then the single val split.
+FALLBACK_METRICS = ("cv_effect_size", "ood_effect_size", "val_effect_size")
 
 
 @dataclass
@@ -50,7 +53,7 @@ class VectorRef:
     position: str
     layer: int
     metrics: dict[str, float] = field(default_factory=dict)
-    source: str = "val_effect_size"   # which rule picked it: steering_delta | ood_effect_size | val_effect_size
+    source: str = "val_effect_size"   # which rule picked it: steering_delta | one of FALLBACK_METRICS | middle_layer
     score: float = float("nan")
     reason: str = ""                  # the rule in words, with the numbers it compared
 
@@ -208,7 +211,8 @@ def _trusted(s: dict) -> bool:
 
 def best_vector(trait: str, model: Any, *, experiment: str = "traitlab", uri: str | None = None,
                 comparison: str | None = None, **filters: str) -> VectorRef | None:
-    """Walk steering delta (coherent, interval above zero) > OOD effect size > in-distribution effect size.
+    """Walk steering delta (coherent, interval above zero) > cross-validated > OOD > val effect size > the
+    middle extracted layer (nothing measured).
 
     Steering results are matched to the vectors by the extraction run they were measured on, and ranked only
     within one comparison (same objective, judge and threshold): `comparison` names it, else the newest steer
@@ -237,15 +241,22 @@ def best_vector(trait: str, model: Any, *, experiment: str = "traitlab", uri: st
            if mine else "no steering result measured on these vectors")
     if len(results) > len(mine):
         why += f" ({len(results) - len(mine)} other result(s) were measured on other vector runs)"
-    for metric in ("ood_effect_size", "val_effect_size"):
+    for metric in FALLBACK_METRICS:
         scored = [r for r in refs if metric in r.metrics and math.isfinite(r.metrics[metric])]
         if scored:
             ref = max(scored, key=lambda r: r.metrics[metric])
             ref.source, ref.score = metric, ref.metrics[metric]
             ref.reason = f"{metric} {ref.score:.3g} at layer {ref.layer}; {why}"
             return ref
-    ref = refs[0]
-    ref.reason = f"newest vector; no effect size logged; {why}"
+    # Nothing measured: the middle extracted layer of the newest run's first setting, where trait directions
+    # of small models usually are; the first listed vector would be the shallowest layer, often layer 0.
+    first = refs[0]
+    same = sorted((r for r in refs if (r.run_id, r.method, r.component, r.position)
+                   == (first.run_id, first.method, first.component, first.position)), key=lambda r: r.layer)
+    ref = same[(len(same) - 1) // 2]
+    ref.source = "middle_layer"
+    ref.reason = (f"no effect size logged at any layer ({', '.join(FALLBACK_METRICS)}): layer {ref.layer}, the "
+                  f"middle of layers {same[0].layer}-{same[-1].layer} of the newest run ({ref.method}); {why}")
     return ref
 
 

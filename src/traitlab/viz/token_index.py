@@ -33,6 +33,7 @@ from typing import Any
 from traitlab.errors import DataError
 from traitlab.viz.token_view import (
     COLOUR_JS,
+    PAGE_STYLE,
     _csp,
     _esc,
     _fmt_score,
@@ -44,12 +45,7 @@ from traitlab.viz.token_view import (
 
 __all__ = ["render_run_index"]
 
-_STYLE = """
-:root { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; font-size: 14px; color: #111; }
-body { margin: 12px 16px; background: #fff; }
-h1 { font-size: 17px; margin: 0 0 4px; }
-h2 { font-size: 15px; margin: 18px 0 6px; }
-.meta { color: #444; font-size: 13px; margin-bottom: 8px; }
+_STYLE = PAGE_STYLE + """.meta { color: #444; font-size: 13px; margin-bottom: 8px; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }

@@ -201,6 +201,15 @@ def _csp(script: str) -> str:
     )
 
 
+# The look every self-contained page shares (token views, the inference index, the steering report).
+PAGE_STYLE = """
+:root { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; font-size: 14px; color: #111; }
+body { margin: 12px 16px; background: #fff; }
+h1 { font-size: 17px; margin: 0 0 4px; }
+h2 { font-size: 15px; margin: 18px 0 6px; }
+"""
+
+
 def page_head(title: str, csp: str, style: str) -> str:
     """The start of a self-contained page up to </head>: its CSP, its title (escaped) and inline style."""
     return f"""<!DOCTYPE html>
