@@ -88,3 +88,18 @@ def test_steering_measures_auto_once_logs_it_and_keeps_auto_in_the_job_key(smoll
     assert 4 in rows[3:]  # the baselines' generate ran its 4 rows as one batch of the measured size
     again = steer.run_steer(cfg, lm=smollm2, judge=_LengthScorer())
     assert again.skipped and again.run_id == res.run_id  # `auto` in the key: found again, not re-measured
+
+
+def test_neutral_calibration_measures_auto(smollm2, mlflow_store, tmp_path, monkeypatch):
+    """analysis=calibration scores no prompt set, so its batch size is measured on the neutral set itself."""
+    from traitlab.config.analyze import AnalysisConfig, AnalyzeConfig
+    from traitlab.config.infer import InferenceConfig, MassiveConfig
+    from traitlab.pipelines.analyze import run_analyze
+
+    monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path / "cache"))  # a fresh calibration, not a stored one
+    cfg = AnalyzeConfig(analysis=AnalysisConfig(name="calibration"), layers="10,12",
+                        inference=InferenceConfig(batch_size="auto", massive=MassiveConfig(set="neutral", max_tokens=300)),
+                        tracking=TrackingConfig(experiment="auto_batch_calibration"))
+    res = run_analyze(cfg, lm=smollm2)
+    record = res.values["record"]
+    assert record["set"] == "neutral:default" and record["n_tokens"] >= 300 and 507 in res.values["dims"][12]

@@ -301,8 +301,24 @@ def measured_inference_batch_sizes(inf: Any, lm: LoadedModel, items: Sequence[Te
 # ------------------------------------------------------------------------------ massive-activation calibration
 
 
+def _calibration_batch_size(lm: LoadedModel, batch_size: Any, items: Sequence[TextItem], new_tokens: int,
+                            max_tokens: int) -> int:
+    """`auto` measured on the texts a calibration reads (it may score no prompt set of its own), for no more
+    rows than it takes to reach its token budget."""
+    if not isinstance(batch_size, str):
+        return batch_size
+    texts, seen = [], 0
+    for it in items:
+        texts.append(format_prompt(lm.tokenizer, it.prompt, it.system_prompt, lm.use_chat_template)
+                     + (it.response or ""))
+        seen += len(lm.tokenizer(texts[-1])["input_ids"]) + new_tokens
+        if seen >= max_tokens:
+            break
+    return resolve_batch_size(batch_size, lm, texts, key="inference.batch_size", new_tokens=new_tokens)
+
+
 def neutral_calibration(lm: LoadedModel, component: str, massive: Any, *, max_length: int = 1024,
-                        batch_size: int = 8) -> dict[str, Any]:
+                        batch_size: int | str = 8) -> dict[str, Any]:
     """The model's massive-activation calibration on the neutral set ``massive.set``: computed once per model
     identity, component and set (responses the set lacks are generated greedily, ``massive.max_new_tokens``
     long, and cached), then read from the cache."""
@@ -320,6 +336,8 @@ def neutral_calibration(lm: LoadedModel, component: str, massive: Any, *, max_le
     if covers(record, range(lm.n_layers)):
         return record
     items = source.items
+    batch_size = _calibration_batch_size(lm, batch_size, items,
+                                         0 if source.given_responses else massive.max_new_tokens, massive.max_tokens)
     if not source.given_responses:
         gen = GenerationConfig(max_new_tokens=massive.max_new_tokens, batch_size=batch_size)
         examples = [Example(it.prompt, it.system_prompt, it.response) for it in items]
@@ -355,7 +373,8 @@ def scoring_calibration(lm: LoadedModel, mode: str, component: str, massive: Any
     if covers(record, range(lm.n_layers)):
         return record
     record = calibrate_items(lm, items, component=component, max_tokens=massive.max_tokens, max_length=max_length,
-                             batch_size=batch_size, model=lm.name, model_key=mkey, source="inference prefill")
+                             batch_size=_calibration_batch_size(lm, batch_size, items, 0, massive.max_tokens),
+                             model=lm.name, model_key=mkey, source="inference prefill")
     return save_calibration(path, record)
 
 
