@@ -486,12 +486,18 @@ def test_load_sources_several_sets_and_name_clashes(tmp_path):
 
 
 def test_calibration_source_prefers_the_neutral_dir_then_prompt_sets(tmp_path, monkeypatch):
+    import shutil
+
     from traitlab.data.texts import load_calibration_source
 
-    neutral = load_calibration_source("neutral")  # no datasets/neutral/ yet: the shipped neutral prompt set
-    assert neutral.name == "neutral" and len(neutral.items) >= 30 and not neutral.given_responses
+    shipped = load_calibration_source("neutral")  # datasets/neutral/default.jsonl: prompts with plain answers
+    assert shipped.name == "neutral:default" and len(shipped.items) == 64 and shipped.given_responses
     assert load_calibration_source("smoke").name == "smoke"  # any prompt set
-    root = tmp_path / "datasets"
+    root = tmp_path / "datasets"  # without a neutral/ folder: the neutral prompt set, answered by the model
+    shutil.copytree(Path(__file__).resolve().parents[2] / "datasets" / "inference", root / "inference")
+    monkeypatch.setenv("TRAITLAB_DATASETS", str(root))
+    neutral = load_calibration_source("neutral")
+    assert neutral.name == "neutral" and len(neutral.items) >= 30 and not neutral.given_responses
     (root / "neutral").mkdir(parents=True)
     (root / "neutral" / "default.jsonl").write_text('{"prompt": "Hi", "response": "Hello."}\n'
                                                     '{"prompt": "Time?", "response": "Noon."}\n')
