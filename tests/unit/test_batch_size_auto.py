@@ -87,3 +87,19 @@ def test_steering_section_sizes_rows_not_prompts(tiny_llama):
 
     out = with_measured_batch_sizes(Steering(), _lm(tiny_llama), ["ab", "abc"], prefix="steering", max_rows=6)
     assert out.batch_size == 6  # question x candidate rows, more than the prompts
+
+
+def test_traits_searched_together_size_their_shared_generate(tiny_llama):
+    """Several traits in one search share each round's generate call: `auto` is sized for all their rows
+    (questions x candidates x steered layers, summed over the traits), not for the first trait's."""
+    from traitlab.config.steer import SteerConfig, SteeringConfig
+    from traitlab.pipelines.steer import _measured_steering
+
+    lm = SimpleNamespace(**vars(_lm(tiny_llama)), use_chat_template=False)
+    cfg = SteerConfig(steering=SteeringConfig(batch_size="auto", trials_per_step=3, max_new_tokens=4))
+    a = SimpleNamespace(questions=["ab", "abc"], prompted_system="be x")  # 2 questions, 2 layers: 2 x 3 x 2
+    b = SimpleNamespace(questions=["abcd"], prompted_system=None)          # 1 question, 1 layer: 1 x 3 x 1
+    assert _measured_steering(cfg, lm, [(a, 2), (b, 1)]).steering.batch_size == 12 + 3
+    assert _measured_steering(cfg, lm, [(a, 2)]).steering.batch_size == 12
+    fixed = SteerConfig(steering=SteeringConfig(batch_size=5))
+    assert _measured_steering(fixed, lm, [(a, 2), (b, 1)]) is fixed
