@@ -74,7 +74,7 @@ def test_extract_multirun_2x2(mlflow_store, tmp_path):
     best = best_vector("starter/optimism", "smollm2_135m", experiment="e2e")
     v = fetch_vector(best, experiment="e2e", expected_dim=576)
     assert abs(float(v.norm()) - 1.0) < 1e-4
-    assert best.source == "ood_effect_size"
+    assert best.source == "cv_effect_size"  # no steering result yet: the cross-validated choice
 
     # the same command again skips every finished job (no new child runs)
     proc2 = run_launcher("extract", "-m", "trait=starter/optimism,starter/formality", "method=mean_diff,probe",

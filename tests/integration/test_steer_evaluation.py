@@ -123,7 +123,7 @@ def test_deltas_use_only_questions_scored_in_both_and_untrusted_results_fall_bac
     # one question: no interval, so the registry does not trust this steering result and says why
     assert math.isnan(t["deltas"]["trait"]["low"])
     ref = best_vector(TRAIT, "smollm2_135m", experiment="lost")
-    assert ref.source == "ood_effect_size" and "none with a 95% interval above zero" in ref.reason
+    assert ref.source == "cv_effect_size" and "none with a 95% interval above zero" in ref.reason
 
 
 def test_search_that_cannot_succeed_stops_after_the_baselines(smollm2, store):
@@ -147,7 +147,7 @@ def test_a_steering_result_is_credited_only_to_the_vector_it_measured(searched, 
     # a re-extraction is a different vector run: the old steering result must not be credited to it
     again = extract(smollm2, "eval", force=True)
     ref = best_vector(TRAIT, "smollm2_135m", experiment="eval")
-    assert ref.run_id == again.run_id and ref.source == "ood_effect_size"
+    assert ref.run_id == again.run_id and ref.source == "cv_effect_size"
     assert "measured on other vector runs" in ref.reason
 
 
