@@ -59,3 +59,16 @@ def test_auto_is_on_only_with_a_real_judge(caplog):
 def test_thresholds_outside_the_scale_fail():
     with pytest.raises(ConfigError, match="extraction.vetting.negative_max"):
         check_thresholds(60.0, 140.0)
+
+
+def test_a_judge_without_trait_scores_cannot_vet():
+    """judge=perplexity scores coherence only: vetting with it would keep every response as unscored."""
+    from traitlab.config.schema import ExtractConfig, JudgeConfig, TraitConfig, VettingConfig
+    from traitlab.pipelines.extract import validate_inputs
+
+    cfg = ExtractConfig(trait=TraitConfig(name="starter/optimism"), judge=JudgeConfig(backend="perplexity"))
+    cfg.extraction.vetting = VettingConfig(enabled=True)
+    with pytest.raises(ConfigError, match=r"extraction\.vetting: .*perplexity"):
+        validate_inputs(cfg)
+    cfg.extraction.vetting = VettingConfig(enabled="auto")  # auto: off with a judge that cannot see traits
+    validate_inputs(cfg)

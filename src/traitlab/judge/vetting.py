@@ -30,6 +30,10 @@ def vetting_enabled(enabled: Any, backend: str) -> bool:
         return backend in REAL_JUDGES
     if not isinstance(enabled, bool):
         raise ConfigError("extraction.vetting.enabled", f"{enabled!r}: expected auto, true or false")
+    if enabled and backend == "perplexity":  # it would leave every response unscored, so kept: vetting nothing
+        raise ConfigError("extraction.vetting", "judge=perplexity scores coherence only, not the trait; vet with "
+                                                "judge=openai or judge=openai_compatible, or set "
+                                                "extraction.vetting.enabled=false")
     if enabled and backend not in REAL_JUDGES and backend not in _WARNED:
         _WARNED.add(backend)  # once per process: a job asks several times (checks, cache key, the vetting itself)
         log.warning("response vetting with the %s judge: the embedded 135M model cannot tell whether a response "
