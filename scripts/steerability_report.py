@@ -79,7 +79,7 @@ def measure_trait(lm, trait_name: str, experiment: str, max_pairs: int = 12, n_q
     from traitlab.models.chat import format_prompt
     from traitlab.models.steering import activation_norms
     from traitlab.pipelines.extract import fit_trait
-    from traitlab.pipelines.steer_measures import (
+    from traitlab.steering.measures import (
         PROPENSITY,
         Measurer,
         heldout_examples,

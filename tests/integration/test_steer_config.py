@@ -11,9 +11,11 @@ from traitlab.config.steer import SteerConfig
 from traitlab.core.stats import Interval
 from traitlab.data import load_trait, resolve_trait_dir
 from traitlab.errors import ConfigError
-from traitlab.pipelines import steer, steer_modes, steer_prepare
-from traitlab.pipelines.steer_measures import Delta, Sample
-from traitlab.pipelines.steer_results import LayerResult, SteerResult, trial_row
+from traitlab.pipelines import steer
+from traitlab.steering import modes as steer_modes
+from traitlab.steering import prepare as steer_prepare
+from traitlab.steering.measures import Delta, Sample
+from traitlab.steering.results import LayerResult, SteerResult, trial_row
 
 
 def compose_steer(*overrides: str) -> SteerConfig:

@@ -17,7 +17,7 @@ from traitlab.config.steer import EnsembleConfig, PropensityConfig, SteerConfig,
 from traitlab.models.propensity import propensity
 from traitlab.pipelines.extract import run_extract
 from traitlab.pipelines.steer import run_steer
-from traitlab.pipelines.steer_measures import heldout_examples, heldout_pairs
+from traitlab.steering.measures import heldout_examples, heldout_pairs
 from traitlab.steering_vector import SteeringVector
 from traitlab.tracking.registry import fetch_vector, find_vectors
 

@@ -60,7 +60,7 @@ def test_propensity_objective_sees_the_effect_with_an_interval(searched, smollm2
     assert d["n"] == 6 and d["low"] > 0 and d["delta"] == pytest.approx(layer.best["value"])
     assert layer.best["deltas"]["sentiment"]["n"] == 2
     # the unsteered propensity is the held-out pairs' margin without steering, recomputed here directly
-    from traitlab.pipelines.steer_measures import heldout_examples, heldout_pairs
+    from traitlab.steering.measures import heldout_examples, heldout_pairs
 
     pairs = heldout_pairs(smollm2, heldout_examples(res_trait(), 0.1, 42, max_pairs=6), 42)
     direct = propensity(smollm2, pairs, [None], max_response_tokens=32)[0].tolist()

@@ -14,7 +14,7 @@ import torch
 from traitlab.config.schema import GenerationConfig
 from traitlab.models.chat import format_prompt
 from traitlab.models.steering import generate_steered
-from traitlab.pipelines.coef_search import (
+from traitlab.steering.coef_search import (
     COEF,
     START_ATTR,
     Outcome,

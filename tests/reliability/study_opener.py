@@ -13,7 +13,7 @@ from pathlib import Path
 
 def main() -> None:
     path, start, name = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-    from traitlab.pipelines import coef_search as cs
+    from traitlab.steering import coef_search as cs
 
     while time.time() < start:
         time.sleep(0.002)

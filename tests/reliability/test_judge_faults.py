@@ -75,7 +75,7 @@ def test_unparseable_judge_reply_is_none_not_a_crash(words_only_server) -> None:
 
 
 def test_unscorable_outcome_marks_the_trial_and_the_study_goes_on(tmp_path) -> None:
-    from traitlab.pipelines import coef_search as cs
+    from traitlab.steering import coef_search as cs
 
     storage = cs.open_storage(tmp_path / "s.db", heartbeat_interval=1, grace_period=2, max_retry=1)
     study = cs.open_study(storage, "s", cs.make_sampler("adaptive", seed=0), {cs.START_ATTR: 1.0})

@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from traitlab.errors import ConfigError
-from traitlab.pipelines.coef_search import (
+from traitlab.steering.coef_search import (
     COEF,
     START_ATTR,
     AdaptiveSampler,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from traitlab.core.ensemble import combine, layer_shares, project
-from traitlab.pipelines.steer_ensemble import Member, setting, told_value
+from traitlab.steering.ensemble import Member, setting, told_value
 
 
 def test_combine_sums_members_of_one_layer():
@@ -51,7 +51,7 @@ def test_ensemble_and_traits_settings_fail_before_the_model_loads():
     from traitlab.config.steer import EnsembleConfig, SteerConfig, SteeringConfig
     from traitlab.errors import ConfigError
     from traitlab.pipelines.steer import trait_configs
-    from traitlab.pipelines.steer_prepare import _check_settings
+    from traitlab.steering.prepare import _check_settings
 
     with pytest.raises(ConfigError, match="steering.ensemble.popsize"):
         _check_settings(SteerConfig(mode="ensemble", steering=SteeringConfig(ensemble=EnsembleConfig(popsize=2))))

@@ -12,7 +12,7 @@ import torch
 from traitlab.config.schema import GenerationConfig
 from traitlab.models import steered_generation as sg
 from traitlab.models.propensity import ResponsePair, propensity, propensity_groups
-from traitlab.pipelines.steer_measures import Measurer, steered_together
+from traitlab.steering.measures import Measurer, steered_together
 
 QUESTIONS_A = ["hello there, how are you?", "what is up"]
 QUESTIONS_B = ["a much longer prompt about nothing at all!", "what is up", "tell me a story"]

@@ -7,7 +7,7 @@ import pytest
 from traitlab.config.steer import CapabilityConfig, SteerConfig, SteeringConfig
 from traitlab.errors import ConfigError
 from traitlab.pipelines.steer import _settings_key
-from traitlab.pipelines.steer_prepare import validate_inputs
+from traitlab.steering.prepare import validate_inputs
 
 
 @pytest.mark.parametrize(("steering", "key", "says"), [

@@ -13,8 +13,8 @@ from matplotlib.collections import PathCollection
 
 from traitlab.core.proportions import paired_accuracy_difference
 from traitlab.models.multiple_choice import ChoiceScores
-from traitlab.pipelines.steer_measures import Sample, capability_summary, paired_delta
-from traitlab.pipelines.steer_results import LayerResult, SteerResult, capability_metrics, trial_row
+from traitlab.steering.measures import Sample, capability_summary, paired_delta
+from traitlab.steering.results import LayerResult, SteerResult, capability_metrics, trial_row
 from traitlab.tracking import steer_report as R
 from traitlab.viz.steering import item_delta_figure, objective_curve_figure, trait_coherence_figure
 from traitlab.viz.steering_report import _CSP, _SCRIPT, render_steering_report

@@ -10,8 +10,8 @@ them as ONE batch and score their held-out pairs' propensity in shared forward b
 judge and score OUTSIDE the hooks, tell the objective's delta -> per layer the best coherent coefficient, its
 paired 95% intervals and the propensity slope (steerability) -> MLflow.
 
-What is measured and how deltas are formed: pipelines/steer_measures.py. Tables, metrics, figures:
-pipelines/steer_results.py. Modes `ablation` and `rescore`: pipelines/steer_modes.py; `baseline` runs the two
+What is measured and how deltas are formed: steering/measures.py. Tables, metrics, figures:
+steering/results.py. Modes `ablation` and `rescore`: steering/modes.py; `baseline` runs the two
 baselines only.
 """
 
@@ -36,13 +36,13 @@ from traitlab.models.chat import format_prompt
 from traitlab.models.identity import model_tags
 from traitlab.models.loading import LoadedModel, load_model
 from traitlab.models.steering import activation_norms
-from traitlab.pipelines import steer_ensemble as ens
-from traitlab.pipelines import steer_modes as modes
-from traitlab.pipelines import steer_results as out
-from traitlab.pipelines import steer_search as search
 from traitlab.pipelines.common import model_key, with_measured_batch_sizes
-from traitlab.pipelines.steer_entangle import entanglement_examples, measure_entanglement
-from traitlab.pipelines.steer_measures import (
+from traitlab.steering import ensemble as ens
+from traitlab.steering import modes as modes
+from traitlab.steering import results as out
+from traitlab.steering import search as search
+from traitlab.steering.entangle import entanglement_examples, measure_entanglement
+from traitlab.steering.measures import (
     PROPENSITY,
     TRAIT,
     Measurer,
@@ -50,8 +50,8 @@ from traitlab.pipelines.steer_measures import (
     heldout_pairs,
     scorer_measure,
 )
-from traitlab.pipelines.steer_prepare import Prepared, _gen, resolve_layers, validate_inputs
-from traitlab.pipelines.steer_results import SteerResult
+from traitlab.steering.prepare import Prepared, _gen, resolve_layers, validate_inputs
+from traitlab.steering.results import SteerResult
 from traitlab.tracking.names import auto_batch_metric, layer_metric
 from traitlab.tracking.registry import VectorRef, fetch_vector
 from traitlab.tracking.runs import JobRun, job_run

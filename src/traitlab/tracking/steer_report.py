@@ -1,7 +1,7 @@
 """What a steer run shows a reader: its verdict (the run's description), the response browser
 (report/steering.html), and its figures on fixed axes.
 
-Reads a steering result by its fields (pipelines/steer_results.py `SteerResult`, duck-typed so that tracking
+Reads a steering result by its fields (steering/results.py `SteerResult`, duck-typed so that tracking
 stays below the pipelines): trait, objective, measures, threshold, direction, scorer_name, n_pairs,
 baselines {unsteered, prompted: Sample(responses, coherence, trait, scorer, margins, capability)},
 prompted {measure: Delta}, per_layer {layer: LayerResult(trials, best, base_coefficient)}, rows, best_layer.

@@ -18,7 +18,7 @@ from traitlab.data import Example, load_trait, resolve_trait_dir
 from traitlab.errors import ConfigError
 from traitlab.models.loading import LoadedModel
 from traitlab.models.propensity import propensity
-from traitlab.pipelines.steer_measures import heldout_examples, heldout_pairs
+from traitlab.steering.measures import heldout_examples, heldout_pairs
 from traitlab.tracking.registry import traits_with_vectors
 
 log = logging.getLogger(__name__)

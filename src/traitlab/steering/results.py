@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from traitlab.core.stats import Steerability, steerability
-from traitlab.pipelines.steer_measures import PROPENSITY, Delta, Sample, capability_summary
+from traitlab.steering.measures import PROPENSITY, Delta, Sample, capability_summary
 from traitlab.tracking.artifacts import TABLES
 from traitlab.tracking.names import best_metric as B
 from traitlab.tracking.names import layer_metric as L
@@ -91,7 +91,7 @@ class SteerResult:
     stopped: str | None = None                                   # why the search did not run trials
     note: str | None = None                                      # the verdict of a mode without per-layer results
     warnings: list[str] = field(default_factory=list)
-    entanglement: list[dict[str, Any]] = field(default_factory=list)  # steer_entangle.measure_entanglement rows
+    entanglement: list[dict[str, Any]] = field(default_factory=list)  # entangle.measure_entanglement rows
 
     @property
     def best_layer(self) -> int | None:
@@ -223,7 +223,7 @@ def delta_metrics(prefix: str, d: dict[str, Any]) -> dict[str, float]:
 
 def capability_metrics(prefix: str, cap: dict[str, Any]) -> dict[str, float]:
     """<prefix>_accuracy with _lo/_hi (Wilson), <prefix>_delta with _lo/_hi (paired, against unsteered) and
-    n_<name>, from a capability summary (steer_measures.capability_summary)."""
+    n_<name>, from a capability summary (measures.capability_summary)."""
     head, _, name = prefix.rpartition("/")
     out = {f"{prefix}_accuracy": cap["accuracy"], f"{prefix}_accuracy_lo": cap["low"],
            f"{prefix}_accuracy_hi": cap["high"]}
@@ -405,7 +405,7 @@ def add_warnings(res: SteerResult) -> None:
 def log_studies(run: JobRun, info: dict) -> None:
     """Every trial of every layer's Optuna study as a table (responses left out: they are in RESPONSES_TABLE),
     each study's best trial, and where the studies live."""
-    from traitlab.pipelines.coef_search import best_trial
+    from traitlab.steering.coef_search import best_trial
 
     frames, summary = [], {"storage": info["storage"], "layers": {}}
     for lyr, study in sorted(info["studies"].items()):

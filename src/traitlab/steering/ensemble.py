@@ -31,10 +31,10 @@ from torch import Tensor
 from traitlab.config.steer import SteerConfig
 from traitlab.core.ensemble import combine, layer_shares
 from traitlab.io import content_hash
-from traitlab.pipelines import coef_search as cs
-from traitlab.pipelines.steer_measures import PROPENSITY, Measurer, deltas
-from traitlab.pipelines.steer_prepare import Prepared
-from traitlab.pipelines.steer_results import SteerResult
+from traitlab.steering import coef_search as cs
+from traitlab.steering.measures import PROPENSITY, Measurer, deltas
+from traitlab.steering.prepare import Prepared
+from traitlab.steering.results import SteerResult
 from traitlab.steering_vector import SteeringVector
 from traitlab.tracking.names import layer_metric
 

@@ -34,9 +34,9 @@ from traitlab.models.chat import format_prompt
 from traitlab.models.loading import LoadedModel
 from traitlab.models.multiple_choice import ChoiceScores, score_choices
 from traitlab.models.propensity import ResponsePair, propensity, propensity_groups
+from traitlab.models.responses import responses_for
 from traitlab.models.steered_generation import generate_steered_shared
 from traitlab.models.steering import Setting
-from traitlab.pipelines.common import responses_for
 
 log = logging.getLogger(__name__)
 

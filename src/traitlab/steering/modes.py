@@ -15,8 +15,8 @@ from traitlab.errors import ConfigError, DataError
 from traitlab.io import read_json
 from traitlab.models.chat import format_prompt
 from traitlab.models.generation import generate_texts
-from traitlab.pipelines.steer_measures import TRAIT, Measurer, Sample, paired_delta
-from traitlab.pipelines.steer_results import RESPONSES_TABLE, LayerResult, trial_row
+from traitlab.steering.measures import TRAIT, Measurer, Sample, paired_delta
+from traitlab.steering.results import RESPONSES_TABLE, LayerResult, trial_row
 
 log = logging.getLogger(__name__)
 

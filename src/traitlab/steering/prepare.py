@@ -19,8 +19,8 @@ from traitlab.judge.factory import judge_identity
 from traitlab.judge.text_scorers import TextScorer, make_text_scorer
 from traitlab.models.batching import check_batch_size
 from traitlab.models.identity import VARIANT_HINT, vectors_key
-from traitlab.pipelines import coef_search as cs
-from traitlab.pipelines.steer_measures import (
+from traitlab.steering import coef_search as cs
+from traitlab.steering.measures import (
     PROPENSITY,
     heldout_examples,
     measure_names,

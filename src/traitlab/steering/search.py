@@ -19,13 +19,13 @@ from traitlab.io import content_hash
 from traitlab.models.chat import format_prompt
 from traitlab.models.identity import identity_of
 from traitlab.models.loading import LoadedModel
+from traitlab.models.responses import model_key
 from traitlab.models.steering import activation_norms
 from traitlab.paths import outputs_dir
-from traitlab.pipelines import coef_search as cs
-from traitlab.pipelines import steer_modes as modes
-from traitlab.pipelines import steer_results as out
-from traitlab.pipelines.common import model_key
-from traitlab.pipelines.steer_measures import (
+from traitlab.steering import coef_search as cs
+from traitlab.steering import modes as modes
+from traitlab.steering import results as out
+from traitlab.steering.measures import (
     CAPABILITY,
     PROPENSITY,
     Measurer,
@@ -33,8 +33,8 @@ from traitlab.pipelines.steer_measures import (
     deltas,
     steered_together,
 )
-from traitlab.pipelines.steer_prepare import Prepared, _gen
-from traitlab.pipelines.steer_results import LayerResult, SteerResult, layer_steerability, trial_row
+from traitlab.steering.prepare import Prepared, _gen
+from traitlab.steering.results import LayerResult, SteerResult, layer_steerability, trial_row
 from traitlab.tracking.artifacts import slug
 from traitlab.tracking.registry import VectorRef
 
