@@ -50,7 +50,8 @@ run on best/cv_effect_size.
   - the steer run: its description is the verdict; steering_table.md; metrics layer/objective_delta (with _lo,
     _hi), layer/steerability, layer/sentiment_delta per layer (step = layer) and best/*; figures/
     steering_layer_*.png (objective and coherence vs coefficient) and propensity_layer_*.png (one line per
-    held-out pair); tables/responses.json (every answer with its scores).
+    held-out pair), objective_vs_coherence.png (every trial); report/steering.html (every condition and answer
+    in full, sortable, inside the Artifacts tab); tables/responses.json.
   - the infer run: views/index.html and views/prompts/<id>.html = per-token heatmap of the trait
     (hover a token for its score), figures/ trajectories and trait x token heatmaps, projections/*.json.
 MSG
