@@ -180,7 +180,7 @@ def measure(lm, batch: int, tokens: int, repeats: int, clock: str) -> tuple[list
            "forward": peak_bytes(lm, lambda: bare_forward(lm, pairs, tokens))}
     bound = matmul_flop_bound(lm, tokens)
     speed = ratio_of(NAME, f"{POSITION} speed-up, output_hidden_states / pooled, {where}",
-                     t["hidden_states"][clock], t["pooled"][clock], target=SPEED_TARGET,
+                     t["hidden_states"][clock], t["pooled"][clock], target=SPEED_TARGET, bound=bound,
                      detail=f"{clock} s {statistics.median(t['pooled'][clock]):.2f} vs "
                             f"{statistics.median(t['hidden_states'][clock]):.2f}; matmul-FLOP bound {bound:.2f}x")
     prefix = ratio_of(NAME, f"{PREFIX_POSITION} speed-up, output_hidden_states / pooled, {where}",
@@ -188,6 +188,7 @@ def measure(lm, batch: int, tokens: int, repeats: int, clock: str) -> tuple[list
                       detail="pooled runs the prompt tokens only")
     memory = Ratio(NAME, f"{POSITION} peak memory, output_hidden_states / pooled, {where}",
                    mem["hidden_states"] / max(mem["pooled"], 1), 0.0, MEM_REPEATS, target=MEMORY_TARGET,
+                   bound=mem["hidden_states"] / max(mem["forward"], 1),
                    detail=f"MiB {mem['pooled'] / 2**20:.0f} vs {mem['hidden_states'] / 2**20:.0f}; a bare forward "
                           f"peaks at {mem['forward'] / 2**20:.0f} (bound "
                           f"{mem['hidden_states'] / max(mem['forward'], 1):.1f}x)")

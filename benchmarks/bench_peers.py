@@ -241,6 +241,7 @@ def _worker(n_pairs: int, repeats: int, threads: int, gen_repeats: int, new_toke
                      "traitlab": _traitlab_version()},
         "settings": {"model": "SmolLM2-135M-Instruct (float32, CPU)", "trait": TRAIT, "pairs": n_pairs,
                      "texts": 2 * n_pairs, "layers": n_layers, "batch_texts_per_forward": BATCH,
+                     "head_flop_bound": head_flop_bound(model),
                      "read_position": "last token", "repeats": repeats, "steer_layer": STEER_LAYER,
                      "steer_coefficient": STEER_COEFFICIENT, "new_tokens": new_tokens,
                      "gen_repeats": gen_repeats},
@@ -257,6 +258,15 @@ def _worker(n_pairs: int, repeats: int, threads: int, gen_repeats: int, new_toke
                       "traitlab_pca_diff_vs_repeng_cosine": [round(c, 3) for c in repeng_cos],
                       "repeng_sign_flipped_layers": [i for i, c in enumerate(repeng_cos) if c < 0]},
     }
+
+
+def head_flop_bound(model: Any) -> float:
+    """Matmul work per token of the peers' extraction forward over traitlab's: both run every decoder layer,
+    the peers also the LM head at every position (attention scores, a few % at these lengths, left out)."""
+    from traitlab.core.components import get_decoder_layers
+
+    layers = sum(p.numel() for p in get_decoder_layers(model).parameters() if p.dim() == 2)
+    return (layers + model.get_output_embeddings().weight.numel()) / layers
 
 
 def _hook_keys(model: Any) -> set[tuple[int, int]]:
@@ -373,7 +383,9 @@ def ratios(res: dict[str, Any]) -> list[Any]:
         held = peer in SAME_BATCH
         out.append(ratio_of(NAME, f"extraction time, {peer} / {ours}", ext[peer], ext[ours],
                             target=EXTRACTION_SPEEDUP_TARGET if held else None,
-                            detail=f"CPU s {statistics.median(ext[ours]):.2f} vs {statistics.median(ext[peer]):.2f}"))
+                            bound=res["settings"]["head_flop_bound"],
+                            detail=f"CPU s {statistics.median(ext[ours]):.2f} vs {statistics.median(ext[peer]):.2f}; "
+                                   f"matmul-FLOP bound {res['settings']['head_flop_bound']:.2f}x (the LM head)"))
         if held:
             out.append(ratio_of(NAME, f"extraction peak memory added, {ours} / {peer}", peak[ours], peak[peer],
                                 target=EXTRACTION_MEMORY_TARGET, higher_is_better=False,

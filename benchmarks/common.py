@@ -36,6 +36,8 @@ class Ratio:
     ``noise`` is half the range of the per-repeat ratios (each repeat times all modes back to back). With
     ``higher_is_better`` the target is a floor, else a ceiling. Verdicts: ``met``; ``within noise`` (misses the
     target by no more than ``noise``); ``MISSED`` (misses it by more: `make bench` fails); ``-`` (no target).
+    ``bound``: the best value this comparison can reach on this device where one is known (a FLOP count, a
+    memory floor or a measured ceiling), so a miss can be read against it.
     """
 
     benchmark: str
@@ -47,6 +49,7 @@ class Ratio:
     higher_is_better: bool = True
     unit: str = "x"
     detail: str = ""
+    bound: float | None = None
     samples: list[float] = field(default_factory=list)
 
     @property

@@ -55,6 +55,17 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}" if unit != "x" else f"{value:.3g}x"
 
 
+def _beyond_bound(missed: list) -> list[str]:
+    """Which misses have a target this device cannot reach (past the comparison's bound)."""
+    past = [r for r in missed if r.bound is not None
+            and (r.target > r.bound if r.higher_is_better else r.target < r.bound)]
+    if not missed:
+        return []
+    return [f"Of the misses, {len(past)} {'has' if len(past) == 1 else 'have'} a target beyond the bound this "
+            "device allows"
+            f"{': ' + '; '.join(f'{r.name} (bound {_fmt(r.bound, r.unit)})' for r in past) if past else ''}."]
+
+
 def render(ratios: list, failed: list[str], started: float, load_before: tuple, quick: bool) -> str:
     from benchmarks.common import clock_name, machine, threads
 
@@ -78,17 +89,19 @@ def render(ratios: list, failed: list[str], started: float, load_before: tuple, 
         "noise is half the range of the per-repeat ratios. A ratio misses its target when it falls short by more",
         "than its noise; one that falls short by less is within noise.",
         "",
-        "| benchmark | ratio | value | noise (±) | target | verdict | repeats | details |",
-        "| --- | --- | ---: | ---: | --- | --- | ---: | --- |",
+        "| benchmark | ratio | value | noise (±) | target | bound | verdict | repeats | details |",
+        "| --- | --- | ---: | ---: | --- | ---: | --- | ---: | --- |",
     ]
     for r in ratios:
         target = "-" if r.target is None else f"{'>=' if r.higher_is_better else '<='} {_fmt(r.target, r.unit)}"
-        lines.append(f"| {r.benchmark} | {r.name} | {_fmt(r.value, r.unit)} | {r.noise:.2g} | {target} | "
+        bound = "-" if r.bound is None else _fmt(r.bound, r.unit)
+        lines.append(f"| {r.benchmark} | {r.name} | {_fmt(r.value, r.unit)} | {r.noise:.2g} | {target} | {bound} | "
                      f"{r.verdict} | {r.n} | {r.detail} |")
     lines += [
         "",
         f"Targets held: {len(held)}; met {verdicts.count('met')}, within noise {verdicts.count('within noise')}, "
         f"missed {len(missed)}{': ' + '; '.join(r.name for r in missed) if missed else ''}.",
+        *_beyond_bound(missed),
         f"Benchmarks that failed to run or failed their checks: {', '.join(failed) if failed else 'none'}.",
         "",
     ]

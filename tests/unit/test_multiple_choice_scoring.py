@@ -178,3 +178,33 @@ def test_bad_arguments_fail_before_any_forward(tiny_lm):
         score_choices(tiny_lm, ITEMS, [])
     with pytest.raises(ModelError, match="no items"):
         score_choices(tiny_lm, [])
+
+
+def test_settings_share_the_layers_below_their_steering(tiny_lm, sharp_llama):
+    """Three settings steering at layer 2 over the same 12 text rows: layers 0-1 run each distinct row once
+    (12), layers 2-3 every row (36), and the steered scores still match a single-row hand computation."""
+    v = torch.randn(32, generator=torch.Generator().manual_seed(5))
+    settings = [None, [(2, v, 3.0)], [(2, v, -3.0)]]
+    seen = {0: 0, 1: 0, 2: 0, 3: 0}
+
+    def counter(i):
+        def pre(module, args, kwargs):
+            seen[i] += (args[0] if args else kwargs["hidden_states"]).shape[0]
+        return pre
+
+    handles = [sharp_llama.model.layers[i].register_forward_pre_hook(counter(i), with_kwargs=True) for i in seen]
+    try:
+        scores = score_choices(tiny_lm, ITEMS, settings, scoring="text", batch_size=36, desc=None)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == {0: 12, 1: 12, 2: 36, 3: 36}
+    tok = CharTokenizer()
+    for q, item in enumerate(ITEMS):
+        prompt, reply = text_prompt(tiny_lm, item, 1)
+        p_ids = tok(prompt)["input_ids"]
+        ids = torch.tensor([p_ids + tok(reply, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad(), SteeringHook(sharp_llama, 2, v, -3.0):
+            lp = torch.log_softmax(sharp_llama(input_ids=ids).logits[0].double(), dim=-1)
+        expected = sum(float(lp[t - 1, ids[0, t]]) for t in range(len(p_ids), ids.shape[1]))
+        assert scores[2].option_logprobs[q][1] == pytest.approx(expected, abs=TOL)

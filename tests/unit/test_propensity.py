@@ -68,22 +68,27 @@ def test_every_row_gets_its_own_steering(tiny_lm):
     assert abs(got[0] - unsteered[0]) > 1e-3  # steering did change the rows it was given to
 
 
+def _oom_above(rows: int, monkeypatch) -> list[int]:
+    """Make a batch of more than `rows` rows run out of memory (simulated); returns the batch sizes tried."""
+    real, sizes = prop._mean_logprobs, []
+
+    def small_memory(batch, logits, ids):
+        sizes.append(len(batch))
+        if len(batch) > rows:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return real(batch, logits, ids)
+
+    monkeypatch.setattr(prop, "_mean_logprobs", small_memory)
+    return sizes
+
+
 def test_rows_stay_aligned_when_a_batch_halves_on_oom(tiny_lm, monkeypatch):
     rows = _rows()
     g = torch.Generator().manual_seed(2)
     v = torch.randn(32, generator=g)
     settings = [[(2, v, float(c))] for c in (3.0, -2.0, 0.0, 5.0, 1.0)]
     whole = prop.response_logprobs(tiny_lm, rows, settings, batch_size=8)
-    real = prop._mean_logprobs
-    sizes = []
-
-    def small_memory(lm, batch):
-        sizes.append(len(batch))
-        if len(batch) > 3:
-            raise torch.OutOfMemoryError("out of memory (simulated)")
-        return real(lm, batch)
-
-    monkeypatch.setattr(prop, "_mean_logprobs", small_memory)
+    sizes = _oom_above(3, monkeypatch)
     split = prop.response_logprobs(tiny_lm, rows, settings, batch_size=8)
     assert sizes == [5, 2, 3]  # split once, rows kept in order
     assert split == pytest.approx(whole, abs=1e-5)
@@ -92,3 +97,60 @@ def test_rows_stay_aligned_when_a_batch_halves_on_oom(tiny_lm, monkeypatch):
 def test_empty_response_is_nan(tiny_lm):
     got = prop.response_logprobs(tiny_lm, [Encoded([5, 6, 7], 3), Encoded([5, 6, 7], 2)], [None, None])
     assert got[0] != got[0] and got[1] == pytest.approx(_expected(tiny_lm.model, Encoded([5, 6, 7], 2)), abs=1e-5)
+
+
+def _rows_seen(model, layers):
+    """{layer: rows that entered it} over the forwards run inside the returned counter's block."""
+    seen = {layer: 0 for layer in layers}
+    handles = []
+
+    def count(layer):
+        def pre(module, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            seen[layer] += h.shape[0]
+        return pre
+
+    for layer in layers:
+        handles.append(model.model.layers[layer].register_forward_pre_hook(count(layer), with_kwargs=True))
+    return seen, handles
+
+
+def test_layers_below_the_steered_one_run_once_per_distinct_row(tiny_lm):
+    """K settings over the same rows: layers 0..1 see each distinct row once, layers 2..3 every row, and
+    every row still gets what its own unpadded, steered forward gives."""
+    base = _rows()[:3]
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(32, generator=g)
+    coefs = [4.0, -3.0, 1.5, 0.0]  # the last is unsteered: it still needs the upper layers
+    rows = [e for _ in coefs for e in base]
+    settings = [[(2, v, c)] for c in coefs for _ in base]
+    seen, handles = _rows_seen(tiny_lm.model, [0, 1, 2, 3])
+    try:
+        shared = prop.response_logprobs(tiny_lm, rows, settings, batch_size=12)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == {0: 3, 1: 3, 2: 12, 3: 12}
+    want = [_expected(tiny_lm.model, e, (2, v, c) if c else None) for c in coefs for e in base]
+    assert shared == pytest.approx(want, abs=1e-5)
+    seen, handles = _rows_seen(tiny_lm.model, [0, 3])
+    try:
+        unshared = prop.response_logprobs(tiny_lm, rows, settings, batch_size=12, share_trunk=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == {0: 12, 3: 12}
+    assert unshared == pytest.approx(want, abs=1e-5)
+
+
+def test_a_batch_split_on_oom_keeps_the_shared_trunk_aligned(tiny_lm, monkeypatch):
+    base = _rows()[:2]
+    v = torch.randn(32, generator=torch.Generator().manual_seed(4))
+    coefs = [2.0, -1.0, 3.0]
+    rows = [e for _ in coefs for e in base]
+    settings = [[(1, v, c)] for c in coefs for _ in base]
+    sizes = _oom_above(4, monkeypatch)
+    got = prop.response_logprobs(tiny_lm, rows, settings, batch_size=6)
+    assert sizes == [6, 3, 3]
+    want = [_expected(tiny_lm.model, e, (1, v, c)) for c in coefs for e in base]
+    assert got == pytest.approx(want, abs=1e-5)

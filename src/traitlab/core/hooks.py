@@ -109,12 +109,18 @@ class _Cast:
     def __init__(self, master: Tensor):
         self.master = master
         self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._last: Tensor | None = None
 
     def like(self, h: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        key = (h.device, dtype or h.dtype)
+        dtype = dtype or h.dtype
+        last = self._last  # the per-token path: the same device and dtype as the previous call
+        if last is not None and last.dtype is dtype and last.device == h.device:
+            return last
+        key = (h.device, dtype)
         out = self._copies.get(key)
         if out is None:
             out = self._copies[key] = self.master.to(device=key[0], dtype=key[1])
+        self._last = out
         return out
 
 
@@ -265,10 +271,18 @@ class _EditHooks(_Hooks):
     def _make(self, layer: int) -> Callable[..., Any]:
         who = f"{type(self).__name__} at layer {layer}"
 
+        ctx, edit = self._ctx, self._edit
+
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            # Called once per layer per token while generating: the common case (a bare [B, S, D] Tensor, no
+            # padding mask) goes straight to the edit.
+            if type(output) is Tensor and output.dim() == 3:
+                if ctx._mask is None and not ctx._offsets:
+                    return edit(layer, output, 0, None)
+                return edit(layer, output, *ctx.positions(output))
             h = _hidden(output, who)
-            offset, valid = self._ctx.positions(h)
-            return _replace_hidden(output, self._edit(layer, h, offset, valid))
+            offset, valid = ctx.positions(h)
+            return _replace_hidden(output, edit(layer, h, offset, valid))
 
         return hook
 
@@ -634,7 +648,8 @@ class MultiLayerSteering(_EditHooks):
         self._layers = sorted(self._deltas)
 
     def _edit(self, layer: int, h: Tensor, offset: int, valid: Tensor | None) -> Tensor:
-        return h + _masked(self._deltas[layer].like(h), valid)
+        delta = self._deltas[layer].like(h)
+        return h + delta if valid is None else h + _masked(delta, valid)
 
 
 class SteeringHook(MultiLayerSteering):

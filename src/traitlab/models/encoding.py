@@ -83,3 +83,23 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 def pad_id_of(tokenizer: Any) -> int:
     pid = tokenizer.pad_token_id
     return int(pid if pid is not None else tokenizer.eos_token_id)
+
+
+def group_batches(groups: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Row ids in batches of <= batch_size, taking `groups` in order and keeping each group's rows in one
+    batch where batch_size allows (a larger group is split across consecutive batches)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches: list[list[int]] = []
+    rows: list[int] = []
+    for group in groups:
+        if rows and len(rows) + len(group) > batch_size:
+            batches.append(rows)
+            rows = []
+        rows += group
+        while len(rows) > batch_size:
+            batches.append(rows[:batch_size])
+            rows = rows[batch_size:]
+    if rows:
+        batches.append(rows)
+    return batches

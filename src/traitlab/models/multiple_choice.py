@@ -18,29 +18,27 @@ An item is correct when the correct option strictly outscores the other three (a
 Steering: `settings` is a list of steering settings (each a list of (layer, vector, coefficient), or None
 for the unsteered model). Rows are setting x item (x shift or option) and ALL of them run through shared,
 length-sorted batches with `PerSampleSteering` giving each row its own setting, so K coefficients cost one
-pass over K x N rows instead of K passes. Batches halve on out-of-memory without misassigning rows.
+pass over K x N rows instead of K passes, and the layers below the steered one run once per distinct row
+(models/row_forward.py). Batches halve on out-of-memory without misassigning rows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from traitlab.core.hooks import PerSampleSteering
 from traitlab.core.proportions import Interval, accuracy_estimate, paired_accuracy_difference
 from traitlab.data.multiple_choice import LETTERS, ChoiceItem
 from traitlab.errors import ConfigError, ModelError
-from traitlab.models.batching import run_halving
 from traitlab.models.chat import format_prompt
-from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, padded_inputs
+from traitlab.models.encoding import Encoded, encode
 from traitlab.models.loading import LoadedModel
+from traitlab.models.row_forward import Setting, steered_rows_forward
 
-Setting = Sequence[tuple[int, torch.Tensor, float]] | None
 SCORINGS = ("letter", "text")
 INSTRUCTION = "Answer with the letter of the correct option (A, B, C or D)."
 ANSWER_PREFIX = "Answer:"
@@ -222,6 +220,7 @@ def score_choices(
     component: str = "residual",
     batch_size: int = 32,
     desc: str | None = "capability",
+    share_trunk: bool = True,
 ) -> list[ChoiceScores]:
     """ChoiceScores per setting (same order), from one pass over all settings' rows in shared batches."""
     if scoring not in SCORINGS:
@@ -237,32 +236,19 @@ def score_choices(
         block = _text_rows(lm, items, system_prompt)
     per_setting = len(block.encoded)
     rows = [e for _ in settings for e in block.encoded]
-    configs = [(layer, vector, float(coef), si * per_setting + r) for si, s in enumerate(settings) if s
-               for layer, vector, coef in s for r in range(per_setting)]
-    hook = PerSampleSteering(lm.model, configs, batch_size=len(rows), component=component) if configs else None
 
-    @contextmanager
-    def steered(idx: list[int]) -> Iterator[None]:
-        with hook, hook.rows(idx):  # idx: original row numbers, so an OOM split keeps each row's setting
-            yield
+    def keep(batch: list[Encoded]) -> int:
+        return 1 if scoring == "letter" else 1 + max(e.seq_len - e.prompt_len for e in batch)
 
-    def forward(idx: list[int]) -> list[list[float]]:
-        batch = [rows[i] for i in idx]
-        inputs = padded_inputs(batch, pad_id_of(lm.tokenizer), lm.device)
-        ids = inputs["input_ids"]
-        keep = 1 if scoring == "letter" else 1 + max(e.seq_len - e.prompt_len for e in batch)
-        with steered(idx) if hook is not None else nullcontext():
-            out = lm.model(**inputs, use_cache=False, logits_to_keep=keep)
+    def read(batch: list[Encoded], logits: torch.Tensor, ids: torch.Tensor) -> list[list[float]]:
         if scoring == "letter":
-            return letter_logprobs_from_logits(out.logits[:, -1, :], letter_ids).cpu().tolist()
-        return [[v] for v in _reply_logprob_sums(out.logits, ids, batch)]
+            return letter_logprobs_from_logits(logits[:, -1, :], letter_ids).cpu().tolist()
+        return [[v] for v in _reply_logprob_sums(logits, ids, batch)]
 
-    result: list[list[float]] = [[] for _ in rows]
     bar = tqdm(total=len(rows), desc=desc, leave=False, **({"disable": True} if desc is None else {}))
-    for batch_rows in length_sorted_batches([e.seq_len for e in rows], batch_size):
-        for i, values in zip(batch_rows, run_halving(forward, batch_rows), strict=True):
-            result[i] = values
-        bar.update(len(batch_rows))
+    result = steered_rows_forward(lm, rows, [s for s in settings for _ in range(per_setting)], keep, read,
+                                  component=component, batch_size=batch_size, share_trunk=share_trunk,
+                                  progress=bar.update)
     bar.close()
 
     k = block.per_item

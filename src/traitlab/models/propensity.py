@@ -4,26 +4,22 @@ response than its negative one, given the prompt, with a vector added at some la
 propensity(pair, setting) = mean log p(positive response tokens | prompt) - mean log p(negative | prompt),
 per token, so long and short responses weigh alike. Forward passes only, no generation: every
 (setting, pair, side) is one row, all rows share length-sorted batches and each row carries its own steering
-(PerSampleSteering, kept aligned with its row however often a batch halves on out-of-memory). Logits are
+(models/row_forward.py: PerSampleSteering, kept aligned with its row however often a batch halves on
+out-of-memory; the layers below the steered one run once for the rows of one pair side). Logits are
 computed only for the positions that predict response tokens (``logits_to_keep``), not for the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from traitlab.core.hooks import PerSampleSteering
-from traitlab.models.batching import run_halving
 from traitlab.models.chat import format_prompt
-from traitlab.models.encoding import Encoded, encode, length_sorted_batches, pad_id_of, padded_inputs
+from traitlab.models.encoding import Encoded, encode
 from traitlab.models.loading import LoadedModel
-
-# (layer, vector, coefficient) terms added to one row; None or [] = unsteered.
-Setting = Sequence[tuple[int, torch.Tensor, float]] | None
+from traitlab.models.row_forward import Setting, steered_rows_forward
 
 
 @dataclass(frozen=True)
@@ -36,21 +32,14 @@ class ResponsePair:
     source: str = ""   # where it came from ("val", "ood"), for the logs
 
 
-@torch.inference_mode()
-def _forward_logits(lm: LoadedModel, batch: Sequence[Encoded], keep: int) -> torch.Tensor:
-    """Float32 logits of the last `keep` positions of a left-padded batch: the one forward of this module."""
-    out = lm.model(**padded_inputs(batch, pad_id_of(lm.tokenizer), lm.device), use_cache=False, logits_to_keep=keep)
-    return out.logits.float()
-
-
-def _mean_logprobs(lm: LoadedModel, batch: Sequence[Encoded]) -> list[float]:
-    """Mean log-prob per response token of each row (NaN for a row without response tokens)."""
-    resp = [e.seq_len - e.prompt_len for e in batch]
-    keep = max(resp) + 1
-    logits = _forward_logits(lm, batch, keep)                      # [B, keep, V]
-    logp = torch.log_softmax(logits, dim=-1)
+def _mean_logprobs(batch: Sequence[Encoded], logits: torch.Tensor, ids: torch.Tensor) -> list[float]:
+    """Mean log-prob per response token of each row (NaN for a row without response tokens); `logits` are
+    the batch's last `keep` positions."""
+    keep = logits.shape[1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
     out = []
-    for i, (e, r) in enumerate(zip(batch, resp, strict=True)):
+    for i, e in enumerate(batch):
+        r = e.seq_len - e.prompt_len
         if r <= 0:
             out.append(float("nan"))
             continue
@@ -62,32 +51,17 @@ def _mean_logprobs(lm: LoadedModel, batch: Sequence[Encoded]) -> list[float]:
     return out
 
 
-@contextmanager
-def _rows_of(hook: PerSampleSteering | None, rows: list[int]) -> Iterator[None]:
-    if hook is None:
-        yield
-        return
-    with hook, hook.rows(rows):
-        yield
+def _response_keep(batch: Sequence[Encoded]) -> int:
+    return max(e.seq_len - e.prompt_len for e in batch) + 1
 
 
 def response_logprobs(lm: LoadedModel, encoded: Sequence[Encoded], settings: Sequence[Setting], *,
-                      component: str = "residual", batch_size: int = 16) -> list[float]:
+                      component: str = "residual", batch_size: int = 16, share_trunk: bool = True) -> list[float]:
     """Mean per-token log-prob of each row's response under its own steering setting (rows x settings 1:1)."""
     if len(settings) != len(encoded):
         raise ValueError(f"response_logprobs: {len(encoded)} rows but {len(settings)} settings")
-    configs = [(layer, v, float(c), row) for row, s in enumerate(settings) if s for layer, v, c in s if c != 0.0]
-    hook = PerSampleSteering(lm.model, configs, batch_size=len(encoded), component=component) if configs else None
-    out: list[float] = [float("nan")] * len(encoded)
-
-    def run(rows: list[int]) -> list[float]:
-        with _rows_of(hook, rows):
-            return _mean_logprobs(lm, [encoded[i] for i in rows])
-
-    for rows in length_sorted_batches([e.seq_len for e in encoded], batch_size):
-        for i, value in zip(rows, run_halving(run, rows), strict=True):
-            out[i] = value
-    return out
+    return steered_rows_forward(lm, encoded, settings, _response_keep, _mean_logprobs, component=component,
+                                batch_size=batch_size, share_trunk=share_trunk)
 
 
 def encode_pairs(lm: LoadedModel, pairs: Sequence[ResponsePair], system_prompt: str | None = None,
@@ -108,15 +82,16 @@ def encode_pairs(lm: LoadedModel, pairs: Sequence[ResponsePair], system_prompt: 
 
 def propensity(lm: LoadedModel, pairs: Sequence[ResponsePair], settings: Sequence[Setting], *,
                system_prompt: str | None = None, component: str = "residual", batch_size: int = 16,
-               max_response_tokens: int | None = None) -> torch.Tensor:
+               max_response_tokens: int | None = None, share_trunk: bool = True) -> torch.Tensor:
     """[len(settings), len(pairs)] propensities: every (setting, pair, side) row in shared batches."""
     return propensity_groups(lm, [(pairs, settings)], system_prompt=system_prompt, component=component,
-                             batch_size=batch_size, max_response_tokens=max_response_tokens)[0]
+                             batch_size=batch_size, max_response_tokens=max_response_tokens,
+                             share_trunk=share_trunk)[0]
 
 
 def propensity_groups(lm: LoadedModel, groups: Sequence[tuple[Sequence[ResponsePair], Sequence[Setting]]], *,
                       system_prompt: str | None = None, component: str = "residual", batch_size: int = 16,
-                      max_response_tokens: int | None = None) -> list[torch.Tensor]:
+                      max_response_tokens: int | None = None, share_trunk: bool = True) -> list[torch.Tensor]:
     """One [len(settings), len(pairs)] tensor per (pairs, settings) group, every group's (setting, pair, side)
     rows in the same length-sorted forward batches: several traits' trials share their forward passes."""
     rows: list[Encoded] = []
@@ -129,7 +104,8 @@ def propensity_groups(lm: LoadedModel, groups: Sequence[tuple[Sequence[ResponseP
                 rows += [pos, neg]
                 row_settings += [s, s]
         shapes.append((len(settings), len(pairs)))
-    lp = torch.tensor(response_logprobs(lm, rows, row_settings, component=component, batch_size=batch_size),
+    lp = torch.tensor(response_logprobs(lm, rows, row_settings, component=component, batch_size=batch_size,
+                                        share_trunk=share_trunk),
                       dtype=torch.float64) if rows else torch.zeros(0, dtype=torch.float64)
     out, start = [], 0
     for k, n in shapes:

@@ -29,12 +29,13 @@ import torch
 from torch import Tensor
 
 from traitlab.config.schema import GenerationConfig
-from traitlab.core.components import base_model, get_decoder_layers, running_only_layers, uniform_attention
+from traitlab.core.components import uniform_attention
 from traitlab.core.hooks import PerSampleSteering
 from traitlab.models.batching import run_halving
-from traitlab.models.encoding import Encoded, encode, pad_id_of, pad_left, position_ids_of
+from traitlab.models.encoding import Encoded, encode, group_batches, pad_id_of, pad_left, position_ids_of
 from traitlab.models.generation import Generation, generate_padded
 from traitlab.models.loading import LoadedModel
+from traitlab.models.trunk import run_layers
 
 Setting = Sequence[tuple[int, Tensor, float]] | None
 
@@ -96,26 +97,10 @@ def row_batches(enc: Sequence[Encoded], n_settings: int, batch_size: int,
     """Row ids (setting * n_prompts + prompt) in batches of <= batch_size: prompts longest first, and all
     settings of a prompt in the same batch where batch_size allows, so they can share its prefill.
     `wanted`: the row ids to generate (None: every setting x prompt)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(enc)
     order = sorted(range(n), key=lambda q: (-enc[q].seq_len, q))
-    per_prompt = {q: [si * n + q for si in range(n_settings) if wanted is None or si * n + q in wanted]
-                  for q in order}
-    batches: list[list[int]] = []
-    rows: list[int] = []
-    for q in order:  # whole prompts while they fit, so a prompt's settings share its prefill
-        group = per_prompt[q]
-        if rows and len(rows) + len(group) > batch_size:
-            batches.append(rows)
-            rows = []
-        rows += group
-        while len(rows) > batch_size:
-            batches.append(rows[:batch_size])
-            rows = rows[batch_size:]
-    if rows:
-        batches.append(rows)
-    return batches
+    return group_batches([[si * n + q for si in range(n_settings) if wanted is None or si * n + q in wanted]
+                          for q in order], batch_size)
 
 
 @torch.inference_mode()
@@ -139,7 +124,7 @@ def shared_prompt_cache(lm: LoadedModel, ids: Tensor, mask: Tensor, pick: Tensor
     start = 0
     for b in sorted(set(row_branch)):
         if b > start:
-            hidden, kv = _run_layers(lm, start, b, pre_ids, pre_mask, pos, hidden)
+            hidden, kv = run_layers(lm, start, b, pre_ids, pre_mask, pos, hidden)
             shared.update(kv)
             start = b
         members = [i for i, rb in enumerate(row_branch) if rb == b]
@@ -148,7 +133,7 @@ def shared_prompt_cache(lm: LoadedModel, ids: Tensor, mask: Tensor, pick: Tensor
             sel = pick[members]
             assert hook is not None, "a row branches below the last layer, so some setting steers"
             with hook, hook.rows([rows[i] for i in members]):
-                _, own = _run_layers(lm, b, n_layers, pre_ids[sel], pre_mask[sel], pos[sel],
+                _, own = run_layers(lm, b, n_layers, pre_ids[sel], pre_mask[sel], pos[sel],
                                      None if hidden is None else hidden[sel])
         parts.append((members, b, own))
     order = torch.tensor([i for members, _, _ in parts for i in members], device=ids.device)
@@ -168,38 +153,3 @@ def shared_prompt_cache(lm: LoadedModel, ids: Tensor, mask: Tensor, pick: Tensor
                 values.append(v)
         layers.append((torch.cat(keys)[inverse], torch.cat(values)[inverse]))
     return DynamicCache(ddp_cache_data=layers, config=lm.model.config)
-
-
-def _run_layers(lm: LoadedModel, start: int, stop: int, ids: Tensor, mask: Tensor, pos: Tensor,
-                hidden: Tensor | None) -> tuple[Tensor | None, dict[int, tuple[Tensor, Tensor]]]:
-    """Run decoder layers [start, stop) over these columns, `hidden` entering layer `start` (None: the token
-    embeddings). Returns (the hidden state leaving layer stop - 1, or None when stop is the last layer;
-    {layer: (keys, values)} for the layers run)."""
-    from transformers import DynamicCache
-
-    layers = get_decoder_layers(lm.model)
-    cache = DynamicCache(config=lm.model.config)  # fresh: no layer outside the slice claims past tokens
-    out: dict[str, Tensor] = {}
-    handles = []
-
-    def feed(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
-
-    def keep(module: torch.nn.Module, args: tuple, output: object) -> None:
-        out["h"] = output[0] if isinstance(output, tuple) else output  # type: ignore[assignment]
-
-    try:
-        if hidden is not None:
-            handles.append(layers[start].register_forward_pre_hook(feed, with_kwargs=True, prepend=True))
-        if stop < len(layers):
-            handles.append(layers[stop - 1].register_forward_hook(keep))  # after any steering hook there
-        with running_only_layers(lm.model, start, stop):
-            base_model(lm.model)(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                                 use_cache=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    kv = {layer: (cache.layers[layer].keys, cache.layers[layer].values) for layer in range(start, stop)}
-    return out.get("h"), kv

@@ -2,6 +2,8 @@
 every other trait (steering.entanglement), measured on that trait's held-out pairs exactly as the steered
 trait's own propensity is (log-prob margin per token, positive minus negative response; forward passes only).
 
+All traits' rows share one set of forward batches (models/row_forward.py).
+
 A row of the trait x trait matrix: (steered, measured) -> the paired shift (steered minus unsteered, on the
 measured trait's positive side, not oriented by any direction) with its bootstrap 95% interval. The matrix
 of a model is assembled from the newest steer run of each trait (tracking/steer_report.py)."""
@@ -17,7 +19,7 @@ from traitlab.core.stats import bootstrap_mean
 from traitlab.data import Example, load_trait, resolve_trait_dir
 from traitlab.errors import ConfigError
 from traitlab.models.loading import LoadedModel
-from traitlab.models.propensity import propensity
+from traitlab.models.propensity import propensity_groups
 from traitlab.steering.measures import heldout_examples, heldout_pairs
 from traitlab.tracking.registry import traits_with_vectors
 
@@ -51,11 +53,13 @@ def measure_entanglement(lm: LoadedModel, cfg: SteerConfig, examples: dict[str, 
                          vector: Any, coefficient: float) -> list[dict[str, Any]]:
     """One row per measured trait: its propensity shift under (layer, coefficient * vector) with the interval."""
     p, s = cfg.steering.propensity, cfg.steering
+    pairs = {measured: heldout_pairs(lm, ex, cfg.seed) for measured, ex in examples.items()}
+    # every trait's unsteered and steered rows in one set of forward batches, the trunk below `layer` shared
+    margins = propensity_groups(lm, [(prs, [None, [(layer, vector, coefficient)]]) for prs in pairs.values()],
+                                component=cfg.component.name, batch_size=p.batch_size,
+                                max_response_tokens=p.max_response_tokens)
     rows = []
-    for measured, ex in examples.items():
-        pairs = heldout_pairs(lm, ex, cfg.seed)
-        m = propensity(lm, pairs, [None, [(layer, vector, coefficient)]], component=cfg.component.name,
-                       batch_size=p.batch_size, max_response_tokens=p.max_response_tokens)
+    for measured, m in zip(pairs, margins, strict=True):
         iv = bootstrap_mean((m[1] - m[0]).tolist(), seed=cfg.seed, n_boot=s.bootstrap)
         rows.append({"steered": steered, "measured": measured, "layer": layer, "coefficient": coefficient,
                      "delta": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n,
