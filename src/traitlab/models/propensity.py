@@ -58,8 +58,6 @@ def _response_keep(batch: Sequence[Encoded]) -> int:
 def response_logprobs(lm: LoadedModel, encoded: Sequence[Encoded], settings: Sequence[Setting], *,
                       component: str = "residual", batch_size: int = 16, share_trunk: bool = True) -> list[float]:
     """Mean per-token log-prob of each row's response under its own steering setting (rows x settings 1:1)."""
-    if len(settings) != len(encoded):
-        raise ValueError(f"response_logprobs: {len(encoded)} rows but {len(settings)} settings")
     return steered_rows_forward(lm, encoded, settings, _response_keep, _mean_logprobs, component=component,
                                 batch_size=batch_size, share_trunk=share_trunk)
 

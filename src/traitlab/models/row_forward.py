@@ -70,12 +70,11 @@ def steered_rows_forward(lm: LoadedModel, encoded: Sequence[Encoded], settings: 
             if hook is not None:
                 stack.enter_context(hook)
                 stack.enter_context(hook.rows(rows))
-            distinct = list(dict.fromkeys(tuple(e.ids) for e in batch))
+            distinct = {tuple(e.ids): e for e in batch}  # one row per distinct input
             if share and 0 < b < lm.n_layers and len(distinct) < len(rows):
                 where = {ids: j for j, ids in enumerate(distinct)}
                 pick = torch.tensor([where[tuple(e.ids)] for e in batch], device=inputs["input_ids"].device)
-                first = [batch[pick.tolist().index(j)] for j in range(len(distinct))]
-                trunk = padded_inputs(first, pad, lm.device)
+                trunk = padded_inputs(list(distinct.values()), pad, lm.device)
                 hidden, _ = run_layers(lm, 0, b, trunk["input_ids"], trunk["attention_mask"],
                                        trunk["position_ids"], None, keep_kv=False)
                 stack.enter_context(entering(lm, b, hidden[pick]))
